@@ -1,0 +1,118 @@
+"""Anchor-to-ground-truth assignment: ATSS and MaxIoU, one image at a time, no loop over anchors.
+
+Both return an int64 tensor with one entry per anchor: the index of the matched gt box (>= 0), or a
+named sentinel, :data:`BACKGROUND` (a negative) or :data:`IGNORE` (neither; excluded from the loss).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from detector.box_ops import box_centers, box_iou
+
+__all__ = ["BACKGROUND", "IGNORE", "atss_assign", "max_iou_assign", "ATSSAssigner", "MaxIoUAssigner"]
+
+BACKGROUND = -1  # a negative anchor for every class
+IGNORE = -2  # an anchor left out of the loss (MaxIoU's band between neg_iou and pos_iou)
+
+
+def atss_assign(anchors: Tensor, num_level_anchors: Sequence[int], gt_boxes: Tensor, topk: int = 9,
+                center_margin: float = 0.01) -> Tensor:
+    """Adaptive training sample selection (Zhang et al. 2020) as in mmdet 2.1's ``ATSSAssigner``.
+
+    For each gt: the ``topk`` anchors per level closest by centre distance are candidates; those whose
+    IoU is >= mean + std (unbiased) of the candidates' IoUs and whose centre lies inside the gt by more
+    than ``center_margin`` pixels are positive. An anchor positive for several gts takes the highest IoU.
+
+    Args:
+        anchors: (N, 4) xyxy, all levels concatenated in ``num_level_anchors`` order.
+        gt_boxes: (G, 4) xyxy.
+    Returns:
+        (N,) int64 gt index or BACKGROUND.
+    """
+    n, g = anchors.shape[0], gt_boxes.shape[0]
+    assigned = torch.full((n,), BACKGROUND, dtype=torch.long, device=anchors.device)
+    if n == 0 or g == 0:
+        return assigned
+    if sum(num_level_anchors) != n:
+        raise ValueError(f"atss_assign: num_level_anchors sums to {sum(num_level_anchors)}, not {n} anchors")
+    ious = box_iou(anchors, gt_boxes)  # (N, G)
+    anchor_ctr = box_centers(anchors)  # (N, 2)
+    dist = torch.cdist(anchor_ctr, box_centers(gt_boxes))  # (N, G)
+    candidates = []
+    start = 0
+    for count in num_level_anchors:
+        k = min(topk, count)
+        if k > 0:
+            idx = dist[start:start + count].topk(k, dim=0, largest=False).indices  # (k, G)
+            candidates.append(idx + start)
+        start += count
+    cand = torch.cat(candidates, dim=0)  # (C, G) anchor indices
+    cand_iou = ious.gather(0, cand)  # (C, G)
+    thr = cand_iou.mean(0) + cand_iou.std(0)  # (G,)
+    ctr = anchor_ctr[cand]  # (C, G, 2)
+    inside = torch.stack([ctr[..., 0] - gt_boxes[:, 0], ctr[..., 1] - gt_boxes[:, 1],
+                          gt_boxes[:, 2] - ctr[..., 0], gt_boxes[:, 3] - ctr[..., 1]], dim=-1).amin(-1)
+    is_pos = (cand_iou >= thr) & (inside > center_margin)  # (C, G)
+    gt_idx = torch.arange(g, device=anchors.device).expand_as(cand)
+    masked = torch.full_like(ious, float("-inf"))  # (N, G): IoU where (anchor, gt) is a positive pair
+    masked[cand[is_pos], gt_idx[is_pos]] = cand_iou[is_pos]
+    best, arg = masked.max(dim=1)
+    return torch.where(best > float("-inf"), arg, assigned)
+
+
+def max_iou_assign(anchors: Tensor, gt_boxes: Tensor, pos_iou: float = 0.5, neg_iou: float = 0.4,
+                   min_pos_iou: float = 0.0, low_quality: bool = True) -> Tensor:
+    """MaxIoU assignment as in mmdet 2.1's ``MaxIoUAssigner`` (``gt_max_assign_all=True``).
+
+    IoU >= ``pos_iou`` with the best gt: positive; < ``neg_iou``: background; in between: IGNORE. With
+    ``low_quality``, every anchor attaining a gt's highest IoU (if >= ``min_pos_iou`` and > 0) becomes
+    positive for that gt, the later gt winning a shared anchor (mmdet's loop order). The ``> 0`` guard
+    avoids mmdet's corner case where a gt overlapping no anchor would claim every zero-IoU anchor.
+
+    Returns:
+        (N,) int64 gt index, BACKGROUND or IGNORE.
+    """
+    n, g = anchors.shape[0], gt_boxes.shape[0]
+    if g == 0 or n == 0:
+        return torch.full((n,), BACKGROUND, dtype=torch.long, device=anchors.device)
+    ious = box_iou(gt_boxes, anchors)  # (G, N)
+    best, arg = ious.max(dim=0)  # (N,)
+    assigned = torch.full((n,), IGNORE, dtype=torch.long, device=anchors.device)
+    assigned[best < neg_iou] = BACKGROUND
+    assigned = torch.where(best >= pos_iou, arg, assigned)
+    if low_quality:
+        gt_best = ious.max(dim=1).values  # (G,)
+        ok = (gt_best >= min_pos_iou) & (gt_best > 0)
+        hits = (ious == gt_best[:, None]) & ok[:, None]  # (G, N)
+        order = torch.arange(1, g + 1, device=anchors.device)[:, None]
+        last = (hits.long() * order).max(dim=0).values  # (N,) 1-based index of the last gt hitting it, or 0
+        assigned = torch.where(last > 0, last - 1, assigned)
+    return assigned
+
+
+class ATSSAssigner:
+    """Callable wrapper of :func:`atss_assign` with the common assigner signature."""
+
+    def __init__(self, topk: int = 9) -> None:
+        if topk < 1:
+            raise ValueError(f"model.assigner.topk must be >= 1, got {topk}")
+        self.topk = topk
+
+    def __call__(self, anchors: Tensor, num_level_anchors: Sequence[int], gt_boxes: Tensor) -> Tensor:
+        return atss_assign(anchors, num_level_anchors, gt_boxes, self.topk)
+
+
+class MaxIoUAssigner:
+    """Callable wrapper of :func:`max_iou_assign` with the common assigner signature."""
+
+    def __init__(self, pos_iou: float = 0.5, neg_iou: float = 0.4, min_pos_iou: float = 0.0,
+                 low_quality: bool = True) -> None:
+        if not 0.0 <= neg_iou <= pos_iou <= 1.0:
+            raise ValueError(f"model.assigner: need 0 <= neg_iou <= pos_iou <= 1, got {neg_iou}, {pos_iou}")
+        self.pos_iou, self.neg_iou, self.min_pos_iou, self.low_quality = pos_iou, neg_iou, min_pos_iou, low_quality
+
+    def __call__(self, anchors: Tensor, num_level_anchors: Sequence[int], gt_boxes: Tensor) -> Tensor:
+        return max_iou_assign(anchors, gt_boxes, self.pos_iou, self.neg_iou, self.min_pos_iou, self.low_quality)

@@ -1,0 +1,88 @@
+"""Box helpers and the delta-xywh box coder.
+
+Convention: boxes are absolute ``xyxy`` pixels, float32, with no ``+1`` (mmdet 2.x / torchvision).
+Pairwise IoU and GIoU come from ``torchvision.ops``; this module adds what torchvision lacks:
+box centres, clipping to an image and the normalised delta coder of SPEC §2.2 / §5.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou, generalized_box_iou
+
+__all__ = ["box_iou", "generalized_box_iou", "box_centers", "clip_boxes", "DeltaXYWHCoder", "MAX_LOG_RATIO"]
+
+# |ln(16/1000)|: the largest |dw|, |dh| accepted when decoding (mmdet's wh_ratio_clip = 16/1000).
+MAX_LOG_RATIO = abs(math.log(16.0 / 1000.0))
+
+
+def box_centers(boxes: Tensor) -> Tensor:
+    """(..., 4) xyxy -> (..., 2) centre points (cx, cy)."""
+    return (boxes[..., :2] + boxes[..., 2:]) * 0.5
+
+
+def clip_boxes(boxes: Tensor, size: tuple[int, int] | Tensor) -> Tensor:
+    """Clip (..., 4) xyxy boxes to an image of ``size`` = (h, w): x in [0, w], y in [0, h]."""
+    h, w = size[0], size[1]
+    x = boxes[..., 0::2].clamp(min=0, max=w)
+    y = boxes[..., 1::2].clamp(min=0, max=h)
+    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+
+
+class DeltaXYWHCoder:
+    """Encode boxes as normalised (dx, dy, dw, dh) deltas against reference boxes (anchors), and back.
+
+    ``dx = (gx - px) / pw``, ``dw = log(gw / pw)``, then ``(delta - means) / stds``. Decoding clamps
+    ``dw, dh`` to ``±max_log_ratio`` so ``exp`` cannot overflow (SPEC §2.2).
+    """
+
+    def __init__(self, stds: tuple[float, ...] | list[float] = (0.1, 0.1, 0.2, 0.2),
+                 means: tuple[float, ...] | list[float] = (0.0, 0.0, 0.0, 0.0),
+                 max_log_ratio: float = MAX_LOG_RATIO) -> None:
+        if len(stds) != 4 or len(means) != 4:
+            raise ValueError(f"DeltaXYWHCoder: stds and means need 4 values, got stds={stds}, means={means}")
+        if any(s <= 0 for s in stds):
+            raise ValueError(f"DeltaXYWHCoder: stds must be positive, got {stds}")
+        self.stds = tuple(float(s) for s in stds)
+        self.means = tuple(float(m) for m in means)
+        self.max_log_ratio = float(max_log_ratio)
+
+    def _stats(self, ref: Tensor) -> tuple[Tensor, Tensor]:
+        means = torch.tensor(self.means, dtype=ref.dtype, device=ref.device)
+        stds = torch.tensor(self.stds, dtype=ref.dtype, device=ref.device)
+        return means, stds
+
+    def encode(self, anchors: Tensor, boxes: Tensor) -> Tensor:
+        """(n, 4) anchors, (n, 4) target boxes -> (n, 4) normalised deltas."""
+        pw = anchors[:, 2] - anchors[:, 0]
+        ph = anchors[:, 3] - anchors[:, 1]
+        px = anchors[:, 0] + 0.5 * pw
+        py = anchors[:, 1] + 0.5 * ph
+        gw = boxes[:, 2] - boxes[:, 0]
+        gh = boxes[:, 3] - boxes[:, 1]
+        gx = boxes[:, 0] + 0.5 * gw
+        gy = boxes[:, 1] + 0.5 * gh
+        deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=1)
+        means, stds = self._stats(deltas)
+        return (deltas - means) / stds
+
+    def decode(self, anchors: Tensor, deltas: Tensor, max_shape: tuple[int, int] | None = None) -> Tensor:
+        """(n, 4) anchors, (n, 4) normalised deltas -> (n, 4) xyxy boxes, clipped to ``max_shape`` (h, w)."""
+        means, stds = self._stats(deltas)
+        d = deltas * stds + means
+        dw = d[:, 2].clamp(min=-self.max_log_ratio, max=self.max_log_ratio)
+        dh = d[:, 3].clamp(min=-self.max_log_ratio, max=self.max_log_ratio)
+        pw = anchors[:, 2] - anchors[:, 0]
+        ph = anchors[:, 3] - anchors[:, 1]
+        px = anchors[:, 0] + 0.5 * pw
+        py = anchors[:, 1] + 0.5 * ph
+        gx = px + pw * d[:, 0]
+        gy = py + ph * d[:, 1]
+        gw = pw * dw.exp()
+        gh = ph * dh.exp()
+        boxes = torch.stack([gx - 0.5 * gw, gy - 0.5 * gh, gx + 0.5 * gw, gy + 0.5 * gh], dim=1)
+        if max_shape is not None:
+            boxes = clip_boxes(boxes, max_shape)
+        return boxes

@@ -1,0 +1,72 @@
+"""Distributed helpers around ``torch.distributed`` for ``torchrun`` launches.
+
+The process group is configured from the environment that ``torchrun`` sets (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT): NCCL when the process uses a GPU, gloo on CPU. Without
+those variables everything runs as a single process and the helpers below are no-ops.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed(device: str = "auto") -> tuple[int, int, int]:
+    """Initialise the default process group if launched by torchrun; return (rank, world_size, local_rank)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, 0
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if world_size == 1 or dist.is_initialized():
+        return rank, world_size, local_rank
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return rank, world_size, local_rank
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Gather a picklable object from every rank (a one-element list without a process group)."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Average a tensor over ranks (returns a new tensor; identity without a process group)."""
+    if not is_dist():
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / get_world_size()
+
+
+def cleanup() -> None:
+    if is_dist():
+        dist.destroy_process_group()
