@@ -25,6 +25,7 @@ def atss_assign(anchors: Tensor, num_level_anchors: Sequence[int], gt_boxes: Ten
     For each gt: the ``topk`` anchors per level closest by centre distance are candidates; those whose
     IoU is >= mean + std (unbiased) of the candidates' IoUs and whose centre lies inside the gt by more
     than ``center_margin`` pixels are positive. An anchor positive for several gts takes the highest IoU.
+    Distance ties (several anchors at one location) are broken towards the lower anchor index.
 
     Args:
         anchors: (N, 4) xyxy, all levels concatenated in ``num_level_anchors`` order.
@@ -40,13 +41,15 @@ def atss_assign(anchors: Tensor, num_level_anchors: Sequence[int], gt_boxes: Ten
         raise ValueError(f"atss_assign: num_level_anchors sums to {sum(num_level_anchors)}, not {n} anchors")
     ious = box_iou(anchors, gt_boxes)  # (N, G)
     anchor_ctr = box_centers(anchors)  # (N, 2)
-    dist = torch.cdist(anchor_ctr, box_centers(gt_boxes))  # (N, G)
+    # squared centre distances, exact (torch.cdist may use a matmul form that reorders near ties)
+    dist = (anchor_ctr[:, None, :] - box_centers(gt_boxes)[None]).pow(2).sum(-1)  # (N, G)
     candidates = []
     start = 0
     for count in num_level_anchors:
         k = min(topk, count)
         if k > 0:
-            idx = dist[start:start + count].topk(k, dim=0, largest=False).indices  # (k, G)
+            # stable sort: equal distances (anchors sharing a location) go to the lower index, on every device
+            idx = dist[start:start + count].argsort(dim=0, stable=True)[:k]  # (k, G)
             candidates.append(idx + start)
         start += count
     cand = torch.cat(candidates, dim=0)  # (C, G) anchor indices

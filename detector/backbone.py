@@ -68,8 +68,10 @@ class ModulatedDeformConv2d(nn.Module):
         out = self.conv_offset(x)  # (N, 3 * G * k * k, H', W')
         o1, o2, m = out.chunk(3, dim=1)
         offset = torch.cat([o1, o2], dim=1)  # (N, 2 * G * k * k, H', W')
-        return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                             dilation=self.dilation, mask=m.sigmoid())
+        w = self.weight
+        with torch.autocast(x.device.type, enabled=False):  # no low-precision CPU kernel: run in the weight dtype
+            return deform_conv2d(x.to(w.dtype), offset.to(w.dtype), w, self.bias, stride=self.stride,
+                                 padding=self.padding, dilation=self.dilation, mask=m.sigmoid().to(w.dtype))
 
 
 def _read_state_dict(name: str, weights: str) -> dict[str, Tensor]:

@@ -27,7 +27,8 @@ class FPN(nn.Module):
         self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
         extra_in = [in_channels[-1] if extra_from == "input" else out_channels] + [out_channels] * (num_extra - 1)
-        self.extra_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 3, stride=2, padding=1) for c in extra_in[:num_extra])
+        self.extra_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 3, stride=2, padding=1)
+                                         for c in extra_in[:num_extra])
         self.out_channels = out_channels
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # mmdet 2.1 FPN: xavier uniform, zero bias

@@ -1,0 +1,75 @@
+"""Parameter counts and output shapes of the detector of one or more configs.
+
+    python scripts/model_summary.py --config configs/X.yaml [--size 512] [--set key=value ...] [--table]
+
+The model is built with random init (``model.backbone.weights`` is set to null: the summary needs no
+download). ``--table`` prints one markdown row per config instead of the detailed report.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detector.build import build_retinanet  # noqa: E402
+from detector.config import load_config  # noqa: E402
+
+
+def count(module: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    params = list(module.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def summarise(path: str, overrides: list[str], size: int) -> dict:
+    cfg = load_config(path, overrides + ["model.backbone.weights=null"])
+    model = build_retinanet(cfg.model).eval()
+    with torch.inference_mode():
+        cls, reg = model.head(model.fpn(model.backbone(torch.zeros(1, 3, size, size))))
+    return {
+        "name": cfg.name, "cfg": cfg.model, "total": count(model), "backbone": count(model.backbone),
+        "fpn": count(model.fpn), "head": count(model.head), "anchors": model.anchor_generator.num_anchors,
+        "levels": [(tuple(c.shape), tuple(r.shape)) for c, r in zip(cls, reg)],
+    }
+
+
+def print_report(s: dict, size: int) -> None:
+    m = s["cfg"]
+    print(f"{s['name']}: {m.type}, backbone {m.backbone.name} (DCN stages {m.backbone.dcn_stages}), "
+          f"{m.num_classes} classes, {s['anchors']} anchors/location, assigner {m.assigner.type}")
+    print(f"{'part':<10}{'total':>14}{'trainable':>14}")
+    for part in ("backbone", "fpn", "head", "total"):
+        total, trainable = s[part]
+        print(f"{part:<10}{total:>14,}{trainable:>14,}")
+    print(f"outputs for a 1x3x{size}x{size} input (class logits, box deltas):")
+    for i, (c, r) in enumerate(s["levels"]):
+        print(f"  P{i + 3}: {c}  {r}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", nargs="+", required=True, help="config file(s)")
+    ap.add_argument("--size", type=int, default=512, help="square input size for the output shapes")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    ap.add_argument("--table", action="store_true", help="one markdown row per config")
+    args = ap.parse_args()
+    summaries = [summarise(path, args.set, args.size) for path in args.config]
+    if args.table:
+        print("| config | backbone | anchors | parameters | trainable |")
+        print("|---|---|---|---:|---:|")
+        for s in summaries:
+            dcn = " + DCNv2" if any(s["cfg"].backbone.dcn_stages) else ""
+            print(f"| {s['name']} | {s['cfg'].backbone.name}{dcn} | {s['anchors']} | {s['total'][0]:,} "
+                  f"| {s['total'][1]:,} |")
+        return
+    for s in summaries:
+        print_report(s, args.size)
+
+
+if __name__ == "__main__":
+    main()
