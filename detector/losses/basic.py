@@ -1,0 +1,62 @@
+"""Baseline losses and the GIoU localisation error, on torchvision.ops where it has the function.
+
+Regression losses take the coder's normalised deltas of the positives, (P, 4) each, in the same row order.
+Every reduction divides by ``max(P, 1)`` so that an empty batch gives 0 (still connected to the graph).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+__all__ = ["decode_unit_anchor", "giou_errors", "focal_loss", "smooth_l1_loss", "l1_loss", "giou_loss",
+           "MAX_LOG_RATIO"]
+
+MAX_LOG_RATIO = abs(math.log(16.0 / 1000.0))  # dw, dh clamp of the release's delta2bbox (4.135)
+GIOU_EPS = 1e-6  # mmdet GIoULoss eps (added to the union and the enclosing area)
+
+
+def decode_unit_anchor(deltas: Tensor, stds: list[float] | tuple[float, ...]) -> Tensor:
+    """Normalised deltas (P, 4) -> xyxy boxes (P, 4) around a unit anchor centred at 0 (means 0, SPEC §2.2)."""
+    d = deltas * deltas.new_tensor(stds)
+    wh = d[:, 2:].clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()  # (P, 2)
+    return torch.cat([d[:, :2] - 0.5 * wh, d[:, :2] + 0.5 * wh], dim=1)
+
+
+def giou_errors(pred_deltas: Tensor, target_deltas: Tensor, stds: list[float] | tuple[float, ...]) -> Tensor:
+    """``1 - GIoU`` per positive, both boxes decoded against a unit anchor. GIoU is invariant to the anchor's
+    translation and per-axis scale, so this equals the image-space value up to the eps. Float32, (P,)."""
+    with torch.autocast(pred_deltas.device.type, enabled=False):
+        pred = decode_unit_anchor(pred_deltas.float(), stds)
+        target = decode_unit_anchor(target_deltas.float(), stds)
+        return generalized_box_iou_loss(pred, target, reduction="none", eps=GIOU_EPS)
+
+
+def focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Sigmoid focal loss summed over non-ignored entries (targets 1 / 0; -1 ignored) / max(#positives, 1)."""
+    with torch.autocast(logits.device.type, enabled=False):
+        valid = targets >= 0
+        per = sigmoid_focal_loss(logits.float(), (targets == 1).float(), alpha=alpha, gamma=gamma, reduction="none")
+        num_pos = (targets == 1).sum().clamp_min(1)
+        return torch.where(valid, per, torch.zeros_like(per)).sum() / num_pos
+
+
+def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float = 1.0) -> Tensor:
+    """Smooth L1 on normalised deltas, mean over the 4·P entries (beta 0 = L1)."""
+    with torch.autocast(pred.device.type, enabled=False):
+        total = F.smooth_l1_loss(pred.float(), target.float(), beta=beta, reduction="sum")
+        return total / max(pred.numel(), 1)
+
+
+def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """L1 on normalised deltas, mean over the 4·P entries."""
+    with torch.autocast(pred.device.type, enabled=False):
+        return F.l1_loss(pred.float(), target.float(), reduction="sum") / max(pred.numel(), 1)
+
+
+def giou_loss(pred: Tensor, target: Tensor, stds: list[float] | tuple[float, ...]) -> Tensor:
+    """Mean ``1 - GIoU`` over the positives (unit-anchor decoding)."""
+    return giou_errors(pred, target, stds).sum() / max(pred.shape[0], 1)
