@@ -86,6 +86,13 @@ def evaluate_model(model, cfg: Config, val_ds, device, amp: bool) -> dict | None
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit code."""
+    code, _model, _state = run(argv)
+    return code
+
+
+def run(argv: list[str] | None = None) -> tuple[int, torch.nn.Module, TrainState]:
+    """Train as the command line says; returns (exit code, the unwrapped model, the final train state)."""
     args = parse_args(argv)
     cfg = build_config(args)
     rank, world_size, local_rank = du.init_distributed(cfg.runtime.device)
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_main:
             log.info("AP %.4f  AP50 %.4f  oLRP %.4f", metrics["AP"], metrics["AP50"], metrics["oLRP"])
         du.cleanup()
-        return 0
+        return 0, model, TrainState()
 
     train_ds = build_dataset(cfg.data, "train")
     loader, sampler = build_train_loader(cfg.data, train_ds, cfg.runtime.seed, world_size, rank)
@@ -139,12 +146,18 @@ def main(argv: list[str] | None = None) -> int:
         state = TrainState(epoch=ckpt["epoch"], iter_in_epoch=ckpt["iter_in_epoch"],
                            global_iter=ckpt["global_iter"], best_ap=ckpt["best_ap"])
     if world_size > 1:
+        # broadcast_buffers=False: the self-balance running sums are per-rank buffers, all-reduced at each update
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None)
+            model, device_ids=[local_rank] if device.type == "cuda" else None, broadcast_buffers=False)
 
     writer = MetricsWriter(out_dir, enabled=is_main)
 
+    sbs = [m for m in unwrap(model).modules() if hasattr(m, "consolidate")]
+
     def save(name: str) -> None:
+        """Called on every rank at the same points (the self-balance sums are gathered collectively)."""
+        for m in sbs:
+            m.consolidate()
         if is_main:
             atomic_save(make_checkpoint(model, optimizer, scheduler, scaler, cfg, epoch=state.epoch,
                                         iter_in_epoch=state.iter_in_epoch, global_iter=state.global_iter,
@@ -154,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("received signal %d: saving last.pth after this iteration and stopping", signum)
         state.stop_requested = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def on_log(stats: dict) -> None:
         writer.write("train", state.global_iter, stats)
@@ -203,14 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         log.error("%s", e)
         du.cleanup()
-        return 2
+        return 2, unwrap(model), state
     finally:
         writer.close()
+        for signum, handler in old_handlers.items():
+            signal.signal(signum, handler)
     if is_main and metrics is not None:
         print(f"COCO AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  "
               f"oLRP {metrics['oLRP']:.4f}  (validation, after {state.global_iter} iterations)")
     du.cleanup()
-    return 0
+    return 0, unwrap(model), state
 
 
 if __name__ == "__main__":

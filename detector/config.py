@@ -25,7 +25,7 @@ import yaml
 
 __all__ = [
     "ConfigError", "Config", "ModelCfg", "BackboneCfg", "FPNCfg", "AnchorCfg", "HeadCfg", "AssignerCfg",
-    "TestCfg", "DataCfg", "AugCfg", "ShapesCfg", "LossCfg", "SolverCfg", "RuntimeCfg", "ExpectedCfg",
+    "TestCfg", "FoveaCfg", "RPNCfg", "RoICfg", "DataCfg", "AugCfg", "ShapesCfg", "LossCfg", "SolverCfg", "RuntimeCfg", "ExpectedCfg",
     "load_config", "config_from_dict", "config_to_dict", "dump_config", "apply_overrides",
 ]
 
@@ -93,9 +93,52 @@ class TestCfg:
 
 
 @dataclass
+class FoveaCfg:
+    """FoveaBox targets (SPEC §4.1); used when model.type == fovea."""
+    sigma: float = 0.4
+    base_edges: list[float] = field(default_factory=lambda: [16.0, 32.0, 64.0, 128.0, 256.0])
+    scale_ranges: list[list[float]] = field(default_factory=lambda: [[1.0, 64.0], [32.0, 128.0], [64.0, 256.0],
+                                                                     [128.0, 512.0], [256.0, 2048.0]])
+
+
+@dataclass
+class RPNCfg:
+    """Faster R-CNN region proposal network (SPEC §4.2, §5); used when model.type == faster_rcnn."""
+    anchor_scales: list[float] = field(default_factory=lambda: [8.0])
+    anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    anchor_strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    pos_iou: float = 0.7
+    neg_iou: float = 0.3
+    min_pos_iou: float = 0.3
+    coder_stds: list[float] = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
+    sampling: bool = False  # RandomSampler 256 / 0.5 (baseline) or all anchors (aLRP)
+    num_samples: int = 256
+    pos_fraction: float = 0.5
+    loss_weight: float = 0.2  # aLRP head weight on the RPN
+    train_nms_pre: int = 2000
+    train_nms_post: int = 1000
+    test_nms_pre: int = 1000
+    test_nms_post: int = 1000
+    nms_iou: float = 0.7
+
+
+@dataclass
+class RoICfg:
+    """Faster R-CNN RoI head: shared 2-fc (SPEC §4.2, §5)."""
+    fc_channels: int = 1024
+    roi_size: int = 7
+    pos_iou: float = 0.5
+    neg_iou: float = 0.5
+    coder_stds: list[float] = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
+    sampling: bool = False  # RandomSampler 512 / 0.25 with gt added (baseline) or all proposals (aLRP)
+    num_samples: int = 512
+    pos_fraction: float = 0.25
+
+
+@dataclass
 class ModelCfg:
     """The detector."""
-    type: str = "retinanet"
+    type: str = "retinanet"  # retinanet | fovea | faster_rcnn
     num_classes: int = 80
     weights: str | None = None  # a checkpoint of this detector to load weights from (weights only)
     coder_stds: list[float] = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
@@ -105,6 +148,9 @@ class ModelCfg:
     head: HeadCfg = field(default_factory=HeadCfg)
     assigner: AssignerCfg = field(default_factory=AssignerCfg)
     test: TestCfg = field(default_factory=TestCfg)
+    fovea: FoveaCfg = field(default_factory=FoveaCfg)
+    rpn: RPNCfg = field(default_factory=RPNCfg)
+    roi: RoICfg = field(default_factory=RoICfg)
 
 
 @dataclass

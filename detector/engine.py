@@ -109,6 +109,10 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                                                             "imgs_per_s") if k in stats})
             on_log(stats)
             t_window, n_window = time.perf_counter(), 0
+        if du.is_dist():  # a pre-emption signal may reach the ranks at different iterations: agree on stopping
+            flag = torch.tensor([float(state.stop_requested)], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            state.stop_requested = bool(flag.item())
         on_iter_end(state)
         if state.stop_requested or state.iter_in_epoch >= iters_per_epoch:
             break

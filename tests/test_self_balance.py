@@ -96,6 +96,35 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+def _resume_worker(rank: int, port: int, out_dir: str) -> None:
+    """Two iterations, consolidate + 'checkpoint' (rank 0's state), fresh modules load it, third iteration."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        sb = SelfBalance(init_weight=50.0, period=3)
+        _feed(sb, RANK_CLS[rank][:2], RANK_LOC[rank][:2], RANK_POS[rank][:2])
+        sb.consolidate()
+        state = [sb.state_dict() if rank == 0 else None]
+        dist.broadcast_object_list(state, src=0)  # every rank reads the file rank 0 wrote
+        resumed = SelfBalance(init_weight=50.0, period=3)
+        resumed.load_state_dict(state[0])
+        weights = _feed(resumed, RANK_CLS[rank][2:], RANK_LOC[rank][2:], RANK_POS[rank][2:])
+        torch.save(weights, f"{out_dir}/resumed{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _expected_two_rank_weight() -> float:
+    cls = [c for r in range(2) for c, p in zip(RANK_CLS[r], RANK_POS[r]) if p]
+    loc = [v for r in range(2) for v, p in zip(RANK_LOC[r], RANK_POS[r]) if p]
+    return (sum(cls) / len(cls) + sum(loc) / len(loc)) / (sum(loc) / len(loc))
+
+
+def test_two_gloo_ranks_resume_mid_period_to_the_same_weight(tmp_path):
+    mp.spawn(_resume_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    w0, w1 = (torch.load(tmp_path / f"resumed{r}.pt") for r in range(2))
+    assert w0 == w1 and w0[0] == pytest.approx(_expected_two_rank_weight(), rel=1e-6)
+
+
 def test_two_gloo_ranks_end_the_period_with_the_same_weight(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     w0, w1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))

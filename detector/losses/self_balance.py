@@ -75,9 +75,30 @@ class SelfBalance(nn.Module):
         self.loc_sum.zero_()
         self.count.zero_()
 
+    def consolidate(self) -> None:
+        """Collective: move the running sums of every rank onto rank 0 (others hold zeros).
+
+        The next update all-reduces the sums, so this changes nothing for training; it makes the state that
+        rank 0 writes into a checkpoint the whole run's, so a resumed run updates exactly as if never stopped.
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        stats = torch.stack([self.cls_sum, self.loc_sum, self.count])
+        dist.all_reduce(stats)
+        if dist.get_rank() != 0:
+            stats.zero_()
+        self.cls_sum.copy_(stats[0])
+        self.loc_sum.copy_(stats[1])
+        self.count.copy_(stats[2])
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._calls = int(self.iteration)
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            # a checkpoint holds the run's sums (see consolidate); keep them on rank 0 only
+            self.cls_sum.zero_()
+            self.loc_sum.zero_()
+            self.count.zero_()
 
     def extra_repr(self) -> str:
         return f"period={self.period}"
