@@ -56,6 +56,7 @@ def main() -> None:
         cfg = load_config(args.config, ["model.backbone.weights=null", *ov])
         torch.manual_seed(0)
         models[name] = build_model(cfg).train()
+        models[name].criterion.set_period(3665)  # as in training: no SB update inside the timed window
         opts[name] = torch.optim.SGD([q for q in models[name].parameters() if q.requires_grad], lr=1e-4,
                                      momentum=0.9, weight_decay=1e-4)
     models["focal"].load_state_dict(models["alrp"].state_dict(), strict=False)
