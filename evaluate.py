@@ -165,6 +165,7 @@ def run_model_inference(cfg, checkpoint: str | Path, split: str, device_name: st
     from detector.checkpoint import CheckpointError, load_model_weights
     from detector.distributed import init_distributed
     from detector.engine import run_inference
+    from detector.fuse import fuse_for_inference
 
     rank, world_size, local_rank = init_distributed(device_name or cfg.runtime.device)
     device = resolve_device(device_name or cfg.runtime.device, local_rank)
@@ -173,7 +174,7 @@ def run_model_inference(cfg, checkpoint: str | Path, split: str, device_name: st
         load_model_weights(model, checkpoint)
     except CheckpointError as e:
         raise ValueError(str(e)) from e
-    model.to(device)
+    model = fuse_for_inference(model.eval()).to(device)  # BatchNorm folded into the convolutions
     dataset = build_dataset(cfg.data, SPLITS[split])
     loader = build_test_loader(cfg.data, dataset, world_size, rank)
     kwargs = {}

@@ -20,6 +20,7 @@ import torch
 from detector import distributed as du
 from detector.checkpoint import atomic_save, load_model_weights, make_checkpoint, resume, unwrap
 from detector.config import Config, ConfigError, dump_config, load_config
+from detector.fuse import fuse_for_inference
 from detector.engine import NonFiniteLossError, TrainState, run_inference, train_one_epoch
 from detector.logger import MetricsWriter, setup_logging
 from detector.solver import build_optimizer, build_scheduler, effective_lr
@@ -76,7 +77,7 @@ def evaluate_model(model, cfg: Config, val_ds, device, amp: bool) -> dict | None
     from detector.metrics import evaluate_detections
 
     loader = build_test_loader(cfg.data, val_ds, du.get_world_size(), du.get_rank())
-    results = run_inference(unwrap(model), loader, device, val_ds.label_to_cat_id, amp=amp,
+    results = run_inference(fuse_for_inference(unwrap(model)), loader, device, val_ds.label_to_cat_id, amp=amp,
                             max_images=cfg.runtime.eval_max_images)
     if not du.is_main_process():
         return None

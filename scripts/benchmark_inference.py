@@ -26,12 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.build import build_retinanet  # noqa: E402
 from detector.config import ModelCfg  # noqa: E402
+from detector.fuse import fuse_for_inference  # noqa: E402
 
 
 def build_ours(device: torch.device) -> nn.Module:
     cfg = ModelCfg()
     cfg.anchors.scales_per_octave, cfg.anchors.ratios = 3, [0.5, 1.0, 2.0]
-    return build_retinanet(cfg).to(device).eval()
+    return fuse_for_inference(build_retinanet(cfg).eval()).to(device)  # as evaluate.py runs it
 
 
 def build_torchvision(size: int, device: torch.device) -> nn.Module:
