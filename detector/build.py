@@ -10,6 +10,8 @@ from detector.assigners import ATSSAssigner, MaxIoUAssigner
 from detector.backbone import ResNetBackbone
 from detector.box_ops import DeltaXYWHCoder
 from detector.config import AssignerCfg, Config, ModelCfg
+from detector.faster_rcnn import build_faster_rcnn
+from detector.fovea import build_fovea
 from detector.fpn import FPN
 from detector.head import RetinaHead
 from detector.losses import build_criterion
@@ -51,14 +53,19 @@ def build_retinanet(cfg: ModelCfg, criterion: nn.Module | None = None) -> Retina
                      max_per_img=t.max_per_img)
 
 
-MODELS: dict[str, Callable[[ModelCfg, nn.Module | None], nn.Module]] = {"retinanet": build_retinanet}
+MODELS: dict[str, Callable[[ModelCfg, nn.Module | None], nn.Module]] = {"retinanet": build_retinanet,
+                                                                         "fovea": build_fovea}
+# detectors that build their own losses from cfg.loss: builder(cfg.model, cfg.loss)
+OWN_LOSS_MODELS: dict[str, Callable[..., nn.Module]] = {"faster_rcnn": build_faster_rcnn}
 
 
 def build_model(cfg: Config) -> nn.Module:
     """The detector of ``cfg.model`` with the criterion of ``cfg.loss``."""
-    if cfg.model.type not in MODELS:
-        raise KeyError(f"model.type: unknown model '{cfg.model.type}'; valid: {', '.join(MODELS)}")
+    if cfg.model.type not in MODELS and cfg.model.type not in OWN_LOSS_MODELS:
+        raise KeyError(f"model.type: unknown model '{cfg.model.type}'; valid: {', '.join([*MODELS, *OWN_LOSS_MODELS])}")
     if cfg.model.num_classes < 1:
         raise ValueError(f"model.num_classes must be >= 1, got {cfg.model.num_classes}")
+    if cfg.model.type in OWN_LOSS_MODELS:
+        return OWN_LOSS_MODELS[cfg.model.type](cfg.model, cfg.loss)
     criterion = build_criterion(cfg.loss, cfg.model.num_classes, cfg.model.coder_stds)
     return MODELS[cfg.model.type](cfg.model, criterion)
