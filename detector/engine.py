@@ -85,9 +85,10 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             _dump_non_finite(dump_dir, state, loss_dict, images, targets, model)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
+        grad_norm = None
         if grad_clip is not None:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         scaler.step(optimizer)
         scaler.update()
         lr = optimizer.param_groups[0]["lr"]
@@ -98,6 +99,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         bar.update(1)
         if log_now:
             stats = _scalar_stats({"loss": total, **loss_dict})
+            if grad_norm is not None:  # norm before clipping, as a divergence warning sign
+                stats["grad_norm"] = float(grad_norm)
             elapsed = time.perf_counter() - t_window
             stats.update(lr=lr, imgs_per_s=n_window * total_batch / max(elapsed, 1e-9),
                          epoch=state.epoch + 1, iter=state.iter_in_epoch)

@@ -32,7 +32,8 @@ def main() -> None:
     fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 4))
     print("| run | AP | AP50 | AP75 | oLRP | ρ | iterations | wall time |")
     print("|---|---|---|---|---|---|---|---|")
-    for run in args.runs:
+    for i, run in enumerate(args.runs):
+        color = f"C{i}"  # one colour per run: solid = classification / AP50, dashed = box / AP
         rows = read_rows(run)
         train = [r for r in rows if r["type"] == "train"]
         evals = [r for r in rows if r["type"] == "eval"]
@@ -40,12 +41,14 @@ def main() -> None:
             raise SystemExit(f"{run}: no training rows in metrics.jsonl")
         t0 = train[0]["time"]
         minutes = [(r["time"] - t0) / 60 for r in train]
-        ax_loss.plot(minutes, [r["loss_cls"] for r in train], label=f"{run.name} cls")
-        ax_loss.plot(minutes, [r["loss_box"] / r.get("sb_weight", 1.0) for r in train], "--",
-                     label=f"{run.name} box (unweighted)")
+        ax_loss.plot(minutes, [r["loss_cls"] for r in train], color=color, label=f"{run.name} cls")
+        sb = "sb_weight" in train[0]  # aLRP: show the localisation component without the self-balance weight
+        ax_loss.plot(minutes, [r["loss_box"] / r.get("sb_weight", 1.0) for r in train], "--", color=color,
+                     label=f"{run.name} box" + (" / SB weight" if sb else ""))
         if evals:
-            ax_ap.plot([(r["time"] - t0) / 60 for r in evals], [r["AP50"] for r in evals], "o-", label=f"{run.name} AP50")
-            ax_ap.plot([(r["time"] - t0) / 60 for r in evals], [r["AP"] for r in evals], "s--", label=f"{run.name} AP")
+            eval_minutes = [(r["time"] - t0) / 60 for r in evals]
+            ax_ap.plot(eval_minutes, [r["AP50"] for r in evals], "o-", color=color, label=f"{run.name} AP50")
+            ax_ap.plot(eval_minutes, [r["AP"] for r in evals], "s--", color=color, label=f"{run.name} AP")
             last = evals[-1]
             fmt = lambda k: "n/a" if last.get(k) is None else f"{last[k]:.3f}"  # noqa: E731
             wall = (last["time"] - t0) / 60

@@ -158,3 +158,18 @@ def test_two_process_gloo_run(tmp_path, data_root):
     rows = train_rows(out)
     assert [r["global_iter"] for r in rows] == [1, 2, 3]  # one writer: rank 0 only
     assert safe_load(out / "last.pth")["global_iter"] == 3
+
+
+def test_grad_clip_bounds_the_step_and_logs_the_raw_norm(tmp_path, data_root):
+    # plain SGD (no momentum, no weight decay): the first update is exactly -lr * clipped gradient, so the
+    # parameters move by at most lr * grad_clip, while the logged norm is the one measured before clipping
+    clip = 1e-3
+    plain = ["solver.momentum=0.0", "solver.weight_decay=0.0", f"solver.grad_clip={clip}"]
+    _, init_model, _ = train.run(tiny_args(tmp_path / "init", data_root, "solver.max_iters=0", *plain))
+    code, model, _ = train.run(tiny_args(tmp_path / "run", data_root, "solver.max_iters=1", *plain))
+    assert code == 0
+    row = train_rows(tmp_path / "run")[0]
+    assert row["grad_norm"] > 10 * clip  # the unclipped gradient of a fresh model is far larger than the clip
+    before = dict(init_model.named_parameters())
+    step = torch.cat([(p.detach() - before[n].detach()).flatten() for n, p in model.named_parameters()])
+    assert 0 < step.norm() <= row["lr"] * clip * (1 + 1e-4)
