@@ -9,6 +9,7 @@ scales); a level's anchors are flattened as (H, W, A), row-major over y then x, 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -30,7 +31,7 @@ class AnchorGenerator:
         self.ratios = [float(r) for r in ratios]
         self.center_offset = center_offset
         self.num_anchors = len(self.ratios) * len(self.scales)
-        self._cache: dict[tuple, list[Tensor]] = {}
+        self._cache: OrderedDict[tuple, list[Tensor]] = OrderedDict()
 
     def base_anchors(self, stride: int) -> Tensor:
         """(A, 4) anchors of one level centred at the origin shifted by ``center_offset * stride``."""
@@ -48,9 +49,11 @@ class AnchorGenerator:
         if len(feature_sizes) != len(self.strides):
             raise ValueError(f"got {len(feature_sizes)} feature maps for {len(self.strides)} anchor strides")
         key = (tuple(tuple(int(v) for v in s) for s in feature_sizes), str(device))
-        if key not in self._cache:
-            if len(self._cache) > 16:  # test-time sizes vary; keep the cache small
-                self._cache.clear()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        else:
+            if len(self._cache) >= 16:  # test-time sizes vary: keep the 16 most recently used
+                self._cache.popitem(last=False)
             out = []
             for (h, w), stride in zip(key[0], self.strides):
                 ys = torch.arange(h, dtype=torch.float32, device=device) * stride

@@ -1,8 +1,8 @@
 """Box helpers and the delta-xywh box coder.
 
 Convention: boxes are absolute ``xyxy`` pixels, float32, with no ``+1`` (mmdet 2.x / torchvision).
-Pairwise IoU and GIoU come from ``torchvision.ops``; this module adds what torchvision lacks:
-box centres, clipping to an image and the normalised delta coder of SPEC §2.2 / §5.
+Pairwise IoU, GIoU and clipping come from ``torchvision.ops``; this module adds box centres and the
+normalised delta coder of SPEC §2.2 / §5.
 """
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import math
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou, generalized_box_iou
+from torchvision.ops import clip_boxes_to_image as clip_boxes  # (..., 4) xyxy, size = (h, w)
 
-__all__ = ["box_iou", "generalized_box_iou", "box_centers", "clip_boxes", "DeltaXYWHCoder", "MAX_LOG_RATIO"]
+__all__ = ["box_iou", "generalized_box_iou", "box_centers", "clip_boxes", "rescale_boxes", "DeltaXYWHCoder",
+           "MAX_LOG_RATIO"]
 
 # |ln(16/1000)|: the largest |dw|, |dh| accepted when decoding (mmdet's wh_ratio_clip = 16/1000).
 MAX_LOG_RATIO = abs(math.log(16.0 / 1000.0))
@@ -23,12 +25,9 @@ def box_centers(boxes: Tensor) -> Tensor:
     return (boxes[..., :2] + boxes[..., 2:]) * 0.5
 
 
-def clip_boxes(boxes: Tensor, size: tuple[int, int] | Tensor) -> Tensor:
-    """Clip (..., 4) xyxy boxes to an image of ``size`` = (h, w): x in [0, w], y in [0, h]."""
-    h, w = size[0], size[1]
-    x = boxes[..., 0::2].clamp(min=0, max=w)
-    y = boxes[..., 1::2].clamp(min=0, max=h)
-    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+def rescale_boxes(boxes: Tensor, sx: float, sy: float) -> Tensor:
+    """(n, 4) xyxy boxes divided by the resize factors (sx, sy): back to original-image pixels."""
+    return torch.stack([boxes[:, 0] / sx, boxes[:, 1] / sy, boxes[:, 2] / sx, boxes[:, 3] / sy], dim=1)
 
 
 class DeltaXYWHCoder:
@@ -49,11 +48,6 @@ class DeltaXYWHCoder:
         self.means = tuple(float(m) for m in means)
         self.max_log_ratio = float(max_log_ratio)
 
-    def _stats(self, ref: Tensor) -> tuple[Tensor, Tensor]:
-        means = torch.tensor(self.means, dtype=ref.dtype, device=ref.device)
-        stds = torch.tensor(self.stds, dtype=ref.dtype, device=ref.device)
-        return means, stds
-
     def encode(self, anchors: Tensor, boxes: Tensor) -> Tensor:
         """(n, 4) anchors, (n, 4) target boxes -> (n, 4) normalised deltas."""
         pw = anchors[:, 2] - anchors[:, 0]
@@ -64,22 +58,22 @@ class DeltaXYWHCoder:
         gh = boxes[:, 3] - boxes[:, 1]
         gx = boxes[:, 0] + 0.5 * gw
         gy = boxes[:, 1] + 0.5 * gh
-        deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=1)
-        means, stds = self._stats(deltas)
-        return (deltas - means) / stds
+        raw = ((gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph))
+        # per-column Python floats: a tensor built from the means / stds lists would be a host-to-device copy
+        # (a stream sync on CUDA) on every call
+        return torch.stack([(r - m) / s for r, m, s in zip(raw, self.means, self.stds)], dim=1)
 
     def decode(self, anchors: Tensor, deltas: Tensor, max_shape: tuple[int, int] | None = None) -> Tensor:
         """(n, 4) anchors, (n, 4) normalised deltas -> (n, 4) xyxy boxes, clipped to ``max_shape`` (h, w)."""
-        means, stds = self._stats(deltas)
-        d = deltas * stds + means
-        dw = d[:, 2].clamp(min=-self.max_log_ratio, max=self.max_log_ratio)
-        dh = d[:, 3].clamp(min=-self.max_log_ratio, max=self.max_log_ratio)
+        d = [deltas[:, i] * s + m for i, (m, s) in enumerate(zip(self.means, self.stds))]
+        dw = d[2].clamp(min=-self.max_log_ratio, max=self.max_log_ratio)
+        dh = d[3].clamp(min=-self.max_log_ratio, max=self.max_log_ratio)
         pw = anchors[:, 2] - anchors[:, 0]
         ph = anchors[:, 3] - anchors[:, 1]
         px = anchors[:, 0] + 0.5 * pw
         py = anchors[:, 1] + 0.5 * ph
-        gx = px + pw * d[:, 0]
-        gy = py + ph * d[:, 1]
+        gx = px + pw * d[0]
+        gy = py + ph * d[1]
         gw = pw * dw.exp()
         gh = ph * dh.exp()
         boxes = torch.stack([gx - 0.5 * gw, gy - 0.5 * gh, gx + 0.5 * gw, gy + 0.5 * gh], dim=1)

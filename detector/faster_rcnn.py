@@ -80,7 +80,7 @@ class FasterRCNNCriterion(_Criterion):
     def rpn(self, logits: Tensor, labels: Tensor, pos_pred: Tensor, pos_target: Tensor) -> dict[str, Tensor]:
         """logits, labels (M,) with labels in {1, 0, -1}; deltas of the positives (P, 4) in ``labels == 1`` order."""
         num_pos = pos_pred.shape[0]
-        stats = {"num_rpn_pos": logits.new_tensor(float(num_pos)).detach()}
+        stats = {"num_rpn_pos": logits.new_full((), float(num_pos))}
         if self.loss_type == "ce":
             num = (labels >= 0).sum().clamp_min(1)
             with torch.autocast(logits.device.type, enabled=False):
@@ -99,8 +99,8 @@ class FasterRCNNCriterion(_Criterion):
         """logits (R, K) sigmoid / (R, K+1) softmax; labels (R,) in 0..K (K = background); positives' (P, 4)
         class-specific deltas, RoIs and gt boxes in RoI order."""
         num_pos, num_rois = pos_deltas.shape[0], logits.shape[0]
-        stats = {"num_pos": logits.new_tensor(float(num_pos)).detach(),
-                 "num_rois": logits.new_tensor(float(num_rois)).detach()}
+        stats = {"num_pos": logits.new_full((), float(num_pos)),
+                 "num_rois": logits.new_full((), float(num_rois))}
         if self.loss_type == "ce":
             with torch.autocast(logits.device.type, enabled=False):
                 cls = F.cross_entropy(logits.float(), labels, reduction="sum") / max(num_rois, 1)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from detector.box_ops import DeltaXYWHCoder
+from detector.box_ops import DeltaXYWHCoder, clip_boxes, rescale_boxes
 
 __all__ = ["postprocess_detections"]
 
@@ -36,7 +36,6 @@ def postprocess_detections(cls_logits: Sequence[Tensor], box_deltas: Sequence[Te
     batch, channels, height, width = cls_logits[0].shape
     num_classes = channels // (anchors[0].shape[0] // (height * width))  # channels = A * K
     device = cls_logits[0].device
-    sizes = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=torch.float32, device=device)  # (B, 4)
     all_boxes, all_scores = [], []
     for logits, deltas, level_anchors in zip(cls_logits, box_deltas, anchors):
         logits = logits.permute(0, 2, 3, 1).reshape(batch, -1, num_classes).float()  # (B, HWA, K)
@@ -48,19 +47,19 @@ def postprocess_detections(cls_logits: Sequence[Tensor], box_deltas: Sequence[Te
             deltas = deltas.gather(1, top[..., None].expand(-1, -1, 4))
             level_anchors = level_anchors.gather(1, top[..., None].expand(-1, -1, 4))
         boxes = coder.decode(level_anchors.reshape(-1, 4), deltas.reshape(-1, 4)).view(batch, -1, 4)
-        all_boxes.append(torch.minimum(boxes.clamp(min=0), sizes[:, None]))  # clip to each image
+        all_boxes.append(boxes)
         all_scores.append(logits.sigmoid())
     boxes = torch.cat(all_boxes, dim=1)  # (B, n, 4)
     scores = torch.cat(all_scores, dim=1)  # (B, n, K)
     results = []
     for b in range(batch):
         row, label = (scores[b] > score_thr).nonzero(as_tuple=True)
-        cand_boxes, cand_scores = boxes[b, row], scores[b, row, label]
+        cand_boxes, cand_scores = clip_boxes(boxes[b, row], image_sizes[b]), scores[b, row, label]
         keep = _top_after_nms(cand_boxes, cand_scores, label, nms_iou, max_per_img)
         out_boxes = cand_boxes[keep]
         if scale_factors is not None:
             sx, sy = float(scale_factors[b][0]), float(scale_factors[b][1])
-            out_boxes = out_boxes / out_boxes.new_tensor([sx, sy, sx, sy])
+            out_boxes = rescale_boxes(out_boxes, sx, sy)
         results.append({"boxes": out_boxes, "scores": cand_scores[keep], "labels": label[keep]})
     return results
 

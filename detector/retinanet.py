@@ -66,10 +66,10 @@ class RetinaNet(nn.Module):
         return postprocess_detections(cls_logits, box_deltas, anchors, self.coder, sizes, factors, self.nms_pre,
                                       self.score_thr, self.nms_iou, self.max_per_img)
 
-    def build_targets(self, anchors: list[Tensor], targets: list[dict]) -> tuple[Tensor, Tensor, Tensor]:
-        """Assign every image: (B, N) matched gt index or sentinel, (B, N) class, (B, N, 4) matched gt box."""
-        all_anchors = torch.cat(anchors)  # (N, 4)
-        counts = [a.shape[0] for a in anchors]
+    def build_targets(self, all_anchors: Tensor, counts: list[int],
+                      targets: list[dict]) -> tuple[Tensor, Tensor, Tensor]:
+        """Assign every image to the (N, 4) anchors of all levels (``counts`` per level): (B, N) matched gt index
+        or sentinel, (B, N) class, (B, N, 4) matched gt box."""
         matched, classes, boxes = [], [], []
         for i, t in enumerate(targets):
             gt_boxes, gt_labels = t["boxes"], t["labels"]
@@ -94,16 +94,18 @@ class RetinaNet(nn.Module):
         batch, k = cls_logits[0].shape[0], self.num_classes
         logits = torch.cat([c.permute(0, 2, 3, 1).reshape(batch, -1, k) for c in cls_logits], dim=1)  # (B, N, K)
         deltas = torch.cat([d.permute(0, 2, 3, 1).reshape(batch, -1, 4) for d in box_deltas], dim=1)  # (B, N, 4)
+        all_anchors = torch.cat(anchors)  # (N, 4)
         with torch.no_grad():
-            matched, classes, gt_boxes = self.build_targets(anchors, targets)
+            matched, classes, gt_boxes = self.build_targets(all_anchors, [a.shape[0] for a in anchors], targets)
             pos = matched >= 0  # (B, N)
             flat_targets = logits.new_zeros(logits.shape, dtype=torch.float32)  # (B, N, K)
             flat_targets.scatter_(2, classes[..., None], pos[..., None].to(torch.float32))
             flat_targets.masked_fill_((matched == IGNORE)[..., None], -1.0)
-            all_anchors = torch.cat(anchors).expand(batch, -1, -1)  # (B, N, 4)
-            pos_target_deltas = self.coder.encode(all_anchors[pos], gt_boxes[pos])  # (P, 4), (b, n) order
-        pos_pred_deltas = deltas[pos]  # (P, 4), same order as logits[targets == 1]
+            # one nonzero (one host sync) for every positive gather; row-major = boolean-mask order
+            pos_b, pos_n = pos.nonzero(as_tuple=True)
+            pos_target_deltas = self.coder.encode(all_anchors[pos_n], gt_boxes[pos_b, pos_n])  # (P, 4)
+        pos_pred_deltas = deltas[pos_b, pos_n]  # (P, 4), same order as logits[targets == 1]
         losses = dict(self.criterion(logits.reshape(-1), flat_targets.reshape(-1), pos_pred_deltas,
                                      pos_target_deltas))
-        losses.setdefault("num_pos", pos.sum().detach())
+        losses.setdefault("num_pos", logits.new_full((), float(pos_n.numel())))
         return losses

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from detector.assigners import BACKGROUND, max_iou_assign
-from detector.box_ops import DeltaXYWHCoder, clip_boxes
+from detector.box_ops import DeltaXYWHCoder, clip_boxes, rescale_boxes
 from detector.postprocess import _top_after_nms
 from detector.rpn import random_sample
 
@@ -179,7 +179,7 @@ class RoIHead(nn.Module):
             out = cand[keep]
             if scale_factors is not None:
                 sx, sy = (float(v) for v in scale_factors[i])
-                out = out / out.new_tensor([sx, sy, sx, sy])
+                out = rescale_boxes(out, sx, sy)
             results.append({"boxes": out, "scores": cand_scores[keep], "labels": label[keep]})
             start = end
         return results

@@ -16,7 +16,7 @@ from torchvision.ops import batched_nms
 
 from detector.anchors import AnchorGenerator
 from detector.assigners import BACKGROUND, max_iou_assign
-from detector.box_ops import DeltaXYWHCoder
+from detector.box_ops import DeltaXYWHCoder, clip_boxes
 
 __all__ = ["RPNHead", "RPN", "random_sample", "rpn_labels", "generate_proposals"]
 
@@ -89,7 +89,6 @@ def generate_proposals(cls_logits: Sequence[Tensor], box_deltas: Sequence[Tensor
     """
     batch = cls_logits[0].shape[0]
     device = cls_logits[0].device
-    sizes = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=torch.float32, device=device)  # (B, 4)
     all_boxes, all_scores, all_levels = [], [], []
     for level, (logits, deltas, level_anchors) in enumerate(zip(cls_logits, box_deltas, anchors)):
         logits = logits.permute(0, 2, 3, 1).reshape(batch, -1).float()  # (B, HWA)
@@ -98,14 +97,15 @@ def generate_proposals(cls_logits: Sequence[Tensor], box_deltas: Sequence[Tensor
         top_logits, top = logits.topk(k, dim=1)  # (B, k); ranking logits = ranking sigmoid scores
         deltas = deltas.gather(1, top[..., None].expand(-1, -1, 4))  # (B, k, 4)
         boxes = coder.decode(level_anchors[top].reshape(-1, 4), deltas.reshape(-1, 4)).view(batch, k, 4)
-        all_boxes.append(torch.minimum(boxes.clamp(min=0), sizes[:, None]))
+        all_boxes.append(boxes)
         all_scores.append(top_logits.sigmoid())
         all_levels.append(torch.full((k,), level, dtype=torch.long, device=device))
     boxes, scores, levels = torch.cat(all_boxes, 1), torch.cat(all_scores, 1), torch.cat(all_levels)
     out = []
     for b in range(batch):
-        ok = (boxes[b, :, 2] > boxes[b, :, 0]) & (boxes[b, :, 3] > boxes[b, :, 1])
-        bx, sc = boxes[b][ok], scores[b][ok]
+        img_boxes = clip_boxes(boxes[b], image_sizes[b])  # Python (h, w): no host-to-device copy
+        ok = (img_boxes[:, 2] > img_boxes[:, 0]) & (img_boxes[:, 3] > img_boxes[:, 1])
+        bx, sc = img_boxes[ok], scores[b][ok]
         keep = batched_nms(bx, sc, levels[ok], nms_iou)[:nms_post]  # sorted by descending score
         out.append((bx[keep], sc[keep]))
     return out

@@ -351,9 +351,9 @@ def alrp_loc_loss(loc_errors: Tensor, rank: Tensor, order: Tensor) -> Tensor:
 
     Differentiable w.r.t. ``loc_errors`` only. With zero positives it is ``loc_errors.sum()`` (0, in the graph).
     """
-    if loc_errors.numel() == 0:
-        return loc_errors.sum()
     out_dtype = _loss_dtype(loc_errors.dtype)
+    if loc_errors.numel() == 0:
+        return loc_errors.sum().to(out_dtype)
     with torch.autocast(loc_errors.device.type, enabled=False):
         d = order.flip(0)  # descending score, hard order (stable ties: the larger flat index first)
         cum = torch.cumsum(loc_errors.to(torch.float64)[d], 0)
@@ -371,6 +371,4 @@ def alrp_loss(logits: Tensor, targets: Tensor, loc_errors: Tensor, delta: float 
     """
     _check_inputs(logits, targets, loc_errors, delta)
     cls, rank, order = ALRPClassification.apply(logits, targets, loc_errors.detach(), delta, eps, weight)
-    if rank.numel() == 0:
-        return cls, loc_errors.sum().to(_loss_dtype(loc_errors.dtype))
     return cls, alrp_loc_loss(loc_errors, rank, order)

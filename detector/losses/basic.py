@@ -5,25 +5,25 @@ Every reduction divides by ``max(P, 1)`` so that an empty batch gives 0 (still c
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-__all__ = ["decode_unit_anchor", "giou_errors", "focal_loss", "smooth_l1_loss", "l1_loss", "giou_loss",
-           "MAX_LOG_RATIO"]
+from ..box_ops import MAX_LOG_RATIO  # dw, dh clamp of the release's delta2bbox (4.135)
 
-MAX_LOG_RATIO = abs(math.log(16.0 / 1000.0))  # dw, dh clamp of the release's delta2bbox (4.135)
+__all__ = ["decode_unit_anchor", "giou_errors", "focal_loss", "smooth_l1_loss", "l1_loss", "giou_loss"]
+
 GIOU_EPS = 1e-6  # mmdet GIoULoss eps (added to the union and the enclosing area)
 
 
 def decode_unit_anchor(deltas: Tensor, stds: list[float] | tuple[float, ...]) -> Tensor:
     """Normalised deltas (P, 4) -> xyxy boxes (P, 4) around a unit anchor centred at 0 (means 0, SPEC §2.2)."""
-    d = deltas * deltas.new_tensor(stds)
-    wh = d[:, 2:].clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()  # (P, 2)
-    return torch.cat([d[:, :2] - 0.5 * wh, d[:, :2] + 0.5 * wh], dim=1)
+    # per-column float scaling (no tensor built from ``stds``: on CUDA that copy would sync the stream)
+    x, y = deltas[:, 0] * stds[0], deltas[:, 1] * stds[1]
+    w = (deltas[:, 2] * stds[2]).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
+    h = (deltas[:, 3] * stds[3]).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
+    return torch.stack([x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h], dim=1)
 
 
 def giou_errors(pred_deltas: Tensor, target_deltas: Tensor, stds: list[float] | tuple[float, ...]) -> Tensor:

@@ -82,7 +82,7 @@ class ALRPCriterion(_Criterion):
         cls, loc = alrp_loss(logits, targets, errors, self.delta, self.eps)
         weight = self.sb(cls, loc, num_pos > 0)
         return {"loss_cls": cls, "loss_box": weight.to(loc.dtype) * loc, "sb_weight": weight,
-                "loc_raw": loc.detach(), "num_pos": logits.new_tensor(float(num_pos)).detach()}
+                "loc_raw": loc.detach(), "num_pos": logits.new_full((), float(num_pos))}
 
 
 class APCriterion(_Criterion):
@@ -97,7 +97,7 @@ class APCriterion(_Criterion):
         self._watch(logits, targets)
         return {"loss_cls": ap_loss(logits, targets, self.delta),
                 "loss_box": self.reg(pos_pred_deltas, pos_target_deltas),
-                "num_pos": logits.new_tensor(float(pos_pred_deltas.shape[0])).detach()}
+                "num_pos": logits.new_full((), float(pos_pred_deltas.shape[0]))}
 
 
 class FocalCriterion(_Criterion):
@@ -112,7 +112,7 @@ class FocalCriterion(_Criterion):
         self._watch(logits, targets)
         cls = focal_loss(logits, targets, self.alpha, self.gamma)
         return {"loss_cls": cls, "loss_box": self.reg(pos_pred_deltas, pos_target_deltas),
-                "num_pos": logits.new_tensor(float(pos_pred_deltas.shape[0])).detach()}
+                "num_pos": logits.new_full((), float(pos_pred_deltas.shape[0]))}
 
 
 def build_criterion(loss_cfg: LossCfg, num_classes: int, coder_stds: list[float]) -> nn.Module:

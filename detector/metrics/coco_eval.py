@@ -16,7 +16,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .lrp import AREA_NAMES, VARIANTS, ClassLRP, class_lrp, class_matches, summarize_lrp
+from .lrp import AREA_NAMES, VARIANTS, ClassLRP, class_lrp, class_matches, iou_index, summarize_lrp
 from .results_io import load_results, validate_results
 from .rho import mean_rho
 
@@ -93,10 +93,6 @@ def run_cocoeval(coco_gt: COCO, dets: list[dict], max_dets: int = 100, img_ids: 
     return cocoeval
 
 
-def _iou_index(cocoeval: COCOeval, iou: float) -> int:
-    return int(np.flatnonzero(np.isclose(cocoeval.params.iouThrs, iou))[0])
-
-
 def _mean_valid(a: np.ndarray) -> float:
     a = a[a > -1]
     return float(a.mean()) if a.size else float("nan")
@@ -106,7 +102,7 @@ def coco_stats(cocoeval: COCOeval) -> dict[str, float | None]:
     """The 12 summarize() numbers plus AP90 (AP at IoU 0.90, area all, max dets), as in the paper's tables."""
     stats = {name: _stat(v) for name, v in zip(STAT_NAMES, cocoeval.stats)}
     precision = cocoeval.eval["precision"]  # (T, R, K, A, M)
-    stats["AP90"] = _num(_mean_valid(precision[_iou_index(cocoeval, 0.9), :, :, 0, -1]))
+    stats["AP90"] = _num(_mean_valid(precision[iou_index(cocoeval, 0.9), :, :, 0, -1]))
     return stats
 
 
@@ -117,7 +113,7 @@ def per_class_ap(cocoeval: COCOeval) -> dict[int, dict[str, float | None]]:
     for k, cat in enumerate(cocoeval.params.catIds):
         p = precision[:, :, k, 0, -1]  # (T, R)
         out[int(cat)] = {"AP": _num(_mean_valid(p)),
-                         **{f"AP{int(round(t * 100))}": _num(_mean_valid(p[_iou_index(cocoeval, t)]))
+                         **{f"AP{int(round(t * 100))}": _num(_mean_valid(p[iou_index(cocoeval, t)]))
                             for t in (0.5, 0.75, 0.9)}}
     return out
 
@@ -221,7 +217,7 @@ def evaluate_with_details(coco_gt: COCO, results: list[dict] | str | Path, lrp: 
     precision = cocoeval.eval["precision"]
     details = EvalDetails(
         cat_ids=cat_ids, names=names, rec_thrs=np.asarray(cocoeval.params.recThrs),
-        precision={f"{t:.2f}": precision[_iou_index(cocoeval, t), :, :, 0, -1].copy() for t in (0.5, 0.75)},
+        precision={f"{t:.2f}": precision[iou_index(cocoeval, t), :, :, 0, -1].copy() for t in (0.5, 0.75)},
         lrp=lrp_all, lrp_variant=lrp, cocoeval=cocoeval)
     return metrics, details
 

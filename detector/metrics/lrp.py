@@ -73,7 +73,8 @@ class ClassLRP:
     curve_lrp: np.ndarray = field(repr=False)
 
 
-def _iou_index(cocoeval: COCOeval, iou_thr: float) -> int:
+def iou_index(cocoeval: COCOeval, iou_thr: float) -> int:
+    """Position of ``iou_thr`` in ``cocoeval.params.iouThrs`` (ValueError when it is not one of them)."""
     hits = np.flatnonzero(np.isclose(cocoeval.params.iouThrs, iou_thr))
     if hits.size != 1:
         raise ValueError(f"IoU threshold {iou_thr} is not one of COCOeval.params.iouThrs {cocoeval.params.iouThrs}")
@@ -91,7 +92,7 @@ def class_matches(cocoeval: COCOeval, area: str = "all", iou_thr: float = TAU) -
     if not cocoeval.evalImgs:
         raise ValueError("COCOeval.evaluate() must run before class_matches()")
     p = cocoeval.params
-    t = _iou_index(cocoeval, iou_thr)
+    t = iou_index(cocoeval, iou_thr)
     a = AREA_NAMES.index(area)
     max_det = p.maxDets[-1]
     n_img, n_area = len(p.imgIds), len(p.areaRng)
@@ -111,8 +112,8 @@ def class_matches(cocoeval: COCOeval, area: str = "all", iou_thr: float = TAU) -
             if tp.any():
                 matrix = cocoeval.ious[(img_id, cat_id)]
                 column = {g["id"]: j for j, g in enumerate(cocoeval._gts[img_id, cat_id])}
-                for d in np.flatnonzero(tp):
-                    iou[d] = matrix[d, column[int(dtm[d])]]
+                rows = np.flatnonzero(tp)
+                iou[rows] = np.asarray(matrix)[rows, [column[int(g)] for g in dtm[rows]]]
             scores = np.asarray(rec["dtScores"][:max_det], dtype=np.float64)
             parts.append((scores, tp, (dtm == 0) & ~dt_ig, iou, np.full(len(scores), img_id, dtype=np.int64),
                           np.asarray(rec["dtIds"][:max_det], dtype=np.int64), dtm))
