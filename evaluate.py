@@ -140,20 +140,6 @@ def evaluate_results_file(args: argparse.Namespace) -> dict:
     return metrics
 
 
-def resolve_device(name: str, local_rank: int = 0):
-    """'cpu' | 'cuda' | 'auto' -> torch.device (cuda:LOCAL_RANK under torchrun)."""
-    import torch
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda (or runtime.device: cuda) was requested but no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda or auto")
-    return torch.device("cpu")
-
-
 def run_model_inference(cfg, checkpoint: str | Path, split: str, device_name: str | None = None,
                         max_images: int | None = None):
     """Build the model and the split's dataset, load ``checkpoint`` and run inference (all ranks).
@@ -163,7 +149,7 @@ def run_model_inference(cfg, checkpoint: str | Path, split: str, device_name: st
     from data.build import build_dataset, build_test_loader
     from detector.build import build_model
     from detector.checkpoint import CheckpointError, load_model_weights
-    from detector.distributed import init_distributed
+    from detector.distributed import init_distributed, resolve_device
     from detector.engine import run_inference
     from detector.fuse import fuse_for_inference
 
@@ -176,13 +162,9 @@ def run_model_inference(cfg, checkpoint: str | Path, split: str, device_name: st
         raise ValueError(str(e)) from e
     model = fuse_for_inference(model.eval()).to(device)  # BatchNorm folded into the convolutions
     dataset = build_dataset(cfg.data, SPLITS[split])
-    loader = build_test_loader(cfg.data, dataset, world_size, rank)
-    kwargs = {}
-    if max_images is not None:
-        kwargs["max_images"] = max_images
-    if cfg.runtime.amp:
-        kwargs["amp"] = True
-    results = run_inference(model, loader, device, dataset.label_to_cat_id, **kwargs)
+    loader = build_test_loader(cfg.data, dataset, world_size, rank, limit=max_images)
+    amp = cfg.runtime.amp and device.type == "cuda"  # as in train.py: autocast only on CUDA
+    results = run_inference(model, loader, device, dataset.label_to_cat_id, amp=amp)
     return results, dataset
 
 
@@ -199,9 +181,6 @@ def evaluate_model(args: argparse.Namespace) -> dict | None:
         out_dir = args.output_dir or default_output_dir(cfg.name, args.split)
         coco = dataset.coco
         img_ids = [int(i) for i in dataset.ids[:args.max_images]] if args.max_images is not None else None
-        if img_ids is not None:  # a rank may have run a few images past N; keep exactly the first N
-            keep = set(img_ids)
-            results = [r for r in results if r["image_id"] in keep]
         results = validate_results(results, coco, source="model output", allow_empty=True)
         alg = submission_name(cfg.name)
         if args.split == "test-dev":

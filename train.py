@@ -60,25 +60,14 @@ def build_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
-def select_device(cfg: Config, local_rank: int) -> torch.device:
-    want = cfg.runtime.device
-    if want == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("runtime.device=cuda was asked for but CUDA is not available")
-    if want in ("cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    if want not in ("cpu", "auto", "cuda"):
-        raise ConfigError(f"runtime.device must be auto, cpu or cuda, got {want!r}")
-    return torch.device("cpu")
-
-
 def evaluate_model(model, cfg: Config, val_ds, device, amp: bool) -> dict | None:
     """Detections on the validation split and their metrics (rank 0; None elsewhere)."""
     from data.build import build_test_loader
     from detector.metrics import evaluate_detections
 
-    loader = build_test_loader(cfg.data, val_ds, du.get_world_size(), du.get_rank())
-    results = run_inference(fuse_for_inference(unwrap(model)), loader, device, val_ds.label_to_cat_id, amp=amp,
-                            max_images=cfg.runtime.eval_max_images)
+    loader = build_test_loader(cfg.data, val_ds, du.get_world_size(), du.get_rank(),
+                               limit=cfg.runtime.eval_max_images)
+    results = run_inference(fuse_for_inference(unwrap(model)), loader, device, val_ds.label_to_cat_id, amp=amp)
     if not du.is_main_process():
         return None
     n = cfg.runtime.eval_max_images
@@ -97,7 +86,10 @@ def run(argv: list[str] | None = None) -> tuple[int, torch.nn.Module, TrainState
     args = parse_args(argv)
     cfg = build_config(args)
     rank, world_size, local_rank = du.init_distributed(cfg.runtime.device)
-    device = select_device(cfg, local_rank)
+    try:
+        device = du.resolve_device(cfg.runtime.device, local_rank)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     out_dir = Path(args.output_dir or Path("checkpoints") / cfg.name)
     is_main = du.is_main_process()
     setup_logging(out_dir, is_main)
@@ -211,7 +203,8 @@ def run(argv: list[str] | None = None) -> tuple[int, torch.nn.Module, TrainState
                     if metrics["AP"] > state.best_ap:
                         state.best_ap = metrics["AP"]
                         save("best.pth")
-            if state.stop_requested:
+            if du.max_over_ranks(torch.tensor([float(state.stop_requested)], device=device))[0]:  # all ranks agree
+                state.stop_requested = True
                 break
     except NonFiniteLossError as e:
         log.error("%s", e)

@@ -125,9 +125,13 @@ def build_train_loader(data_cfg: DataCfg, dataset: CocoDetection, seed: int, wor
 
 
 def build_test_loader(data_cfg: DataCfg, dataset: CocoDetection, world_size: int = 1, rank: int = 0,
-                      pin_memory: bool | None = None) -> DataLoader:
-    """In-order loader over this rank's contiguous shard, padded to multiples of ``data_cfg.size_divisor``."""
-    sampler = InferenceSampler(len(dataset), world_size, rank)
+                      pin_memory: bool | None = None, limit: int | None = None) -> DataLoader:
+    """In-order loader over this rank's contiguous shard, padded to multiples of ``data_cfg.size_divisor``.
+
+    ``limit``: only the first ``limit`` images of the dataset, still split evenly over the ranks.
+    """
+    size = len(dataset) if limit is None else min(limit, len(dataset))
+    sampler = InferenceSampler(size, world_size, rank)
     return DataLoader(dataset, batch_size=data_cfg.test_batch_size, sampler=sampler, drop_last=False,
                       num_workers=data_cfg.num_workers, collate_fn=_TestCollate(data_cfg.size_divisor),
                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,

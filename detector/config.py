@@ -290,14 +290,13 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key, source)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)

@@ -28,6 +28,17 @@ def init_distributed(device: str = "auto") -> tuple[int, int, int]:
     return rank, world_size, local_rank
 
 
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' | 'cpu' | 'cuda' (``runtime.device`` / ``--device``) -> torch.device; cuda:LOCAL_RANK under torchrun."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"runtime.device (--device) must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("runtime.device (--device) is cuda but no CUDA device is available")
+    if name != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -44,11 +55,6 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def barrier() -> None:
-    if is_dist():
-        dist.barrier()
-
-
 def all_gather_object(obj: Any) -> list[Any]:
     """Gather a picklable object from every rank (a one-element list without a process group)."""
     if not is_dist():
@@ -58,13 +64,12 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Average a tensor over ranks (returns a new tensor; identity without a process group)."""
-    if not is_dist():
-        return t
-    t = t.clone()
-    dist.all_reduce(t)
-    return t / get_world_size()
+def max_over_ranks(values: torch.Tensor) -> list[float]:
+    """Element-wise maximum of a small 1-D tensor over the ranks, as Python floats (one all-reduce, one sync)."""
+    if is_dist():
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values.tolist()
 
 
 def cleanup() -> None:

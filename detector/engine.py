@@ -60,7 +60,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     """Train from ``state.iter_in_epoch`` to the end of the epoch (or ``max_iters`` / a stop request).
 
     ``state`` is advanced in place. The only per-iteration host sync is the finiteness check of the total
-    loss (a NaN must stop the run before it reaches the weights).
+    loss (a NaN must stop the run before it reaches the weights); under DDP that check is one all-reduce of
+    (non-finite, stop requested) over the ranks, so every rank stops together instead of waiting on the others
+    in the gradient all-reduce.
     """
     model.train()
     crit = _criterion(model)
@@ -81,7 +83,15 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
             loss_dict = model(images, targets)
         total = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
-        if not bool(torch.isfinite(total)):
+        stop_now = state.stop_requested
+        if du.is_dist():  # a NaN or a pre-emption signal may reach the ranks at different iterations: agree
+            flags = torch.stack([(~torch.isfinite(total.detach())).float(),
+                                 torch.full((), float(stop_now), device=total.device)])
+            non_finite, stop_now = (bool(v) for v in du.max_over_ranks(flags))
+            state.stop_requested = state.stop_requested or stop_now  # never drop a signal that just came in
+        else:
+            non_finite = not bool(torch.isfinite(total))
+        if non_finite:
             _dump_non_finite(dump_dir, state, loss_dict, images, targets, model)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
@@ -98,26 +108,25 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         n_window += 1
         bar.update(1)
         if log_now:
-            stats = _scalar_stats({"loss": total, **loss_dict})
-            if grad_norm is not None:  # norm before clipping, as a divergence warning sign
-                stats["grad_norm"] = float(grad_norm)
+            extra = {} if grad_norm is None else {"grad_norm": grad_norm}  # before clipping: a divergence sign
+            balance = getattr(crit, "last_balance", None) if crit is not None else None
+            if balance is not None:
+                extra.update(_balance_pos=balance[0], _balance_neg=balance[1])
+            stats = _scalar_stats({"loss": total, **loss_dict, **extra})  # one host sync for all of them
+            if balance is not None:
+                pos, neg = stats.pop("_balance_pos"), stats.pop("_balance_neg")
+                stats["grad_balance"] = pos / neg if neg != 0 else float("nan")
             elapsed = time.perf_counter() - t_window
             stats.update(lr=lr, imgs_per_s=n_window * total_batch / max(elapsed, 1e-9),
                          epoch=state.epoch + 1, iter=state.iter_in_epoch)
-            balance = getattr(crit, "last_balance", None) if crit is not None else None
-            if balance is not None:
-                pos, neg = (float(x) for x in balance)
-                stats["grad_balance"] = pos / neg if neg != 0 else float("nan")
             bar.set_postfix({k: f"{stats[k]:.4g}" for k in ("loss", "loss_cls", "loss_box", "sb_weight", "lr",
                                                             "imgs_per_s") if k in stats})
             on_log(stats)
             t_window, n_window = time.perf_counter(), 0
-        if du.is_dist():  # a pre-emption signal may reach the ranks at different iterations: agree on stopping
-            flag = torch.tensor([float(state.stop_requested)], device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            state.stop_requested = bool(flag.item())
+        if not du.is_dist():
+            stop_now = state.stop_requested  # a signal during this iteration stops right after it
         on_iter_end(state)
-        if state.stop_requested or state.iter_in_epoch >= iters_per_epoch:
+        if stop_now or state.iter_in_epoch >= iters_per_epoch:  # a later signal: agreed at the next check
             break
     bar.close()
 
@@ -148,7 +157,7 @@ def _to_coco(outputs: list[dict], targets: list[dict], label_to_cat_id: list[int
 
 @torch.inference_mode()
 def run_inference(model: nn.Module, loader, device: torch.device, label_to_cat_id: list[int], amp: bool = False,
-                  show_progress: bool = True, max_images: int | None = None) -> list[dict]:
+                  show_progress: bool = True) -> list[dict]:
     """Detections of every image in ``loader`` as COCO result dicts (xywh in original image coordinates).
 
     Each rank runs its shard; the results are gathered on rank 0 (other ranks get an empty list).
@@ -157,18 +166,14 @@ def run_inference(model: nn.Module, loader, device: torch.device, label_to_cat_i
     model.eval()
     results: list[dict] = []
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    seen = 0
     bar = tqdm(total=len(loader), disable=not (show_progress and du.is_main_process()), desc="inference",
                dynamic_ncols=True, leave=False)
     for images, targets in loader:
-        if max_images is not None and seen >= max_images:
-            break
         images = images.to(device, non_blocking=True)
         tg = move_targets(targets, device)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
             outputs = model(images, tg)
         results.extend(_to_coco(outputs, targets, label_to_cat_id))
-        seen += len(targets)
         bar.update(1)
     bar.close()
     model.train(was_training)
