@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,20 +85,6 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]] | None], size_diviso
     return images, [t for _, t in batch]
 
 
-def _collate_train(batch: list) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    return collate(batch, 1)
-
-
-class _TestCollate:
-    """Picklable collate with a fixed size divisor (workers may be spawned)."""
-
-    def __init__(self, size_divisor: int):
-        self.size_divisor = size_divisor
-
-    def __call__(self, batch: list) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        return collate(batch, self.size_divisor)
-
-
 def worker_init_fn(worker_id: int) -> None:
     """Seed numpy and random in each worker from torch's per-worker seed (itself from the loader generator).
 
@@ -117,7 +104,7 @@ def build_train_loader(data_cfg: DataCfg, dataset: CocoDetection, seed: int, wor
     """
     sampler = TrainSampler(len(dataset), data_cfg.batch_size, world_size, rank, seed)
     loader = DataLoader(dataset, batch_size=data_cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=data_cfg.num_workers, collate_fn=_collate_train,
+                        num_workers=data_cfg.num_workers, collate_fn=partial(collate, size_divisor=1),
                         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                         persistent_workers=False, worker_init_fn=worker_init_fn,
                         generator=torch.Generator().manual_seed(seed))
@@ -133,6 +120,6 @@ def build_test_loader(data_cfg: DataCfg, dataset: CocoDetection, world_size: int
     size = len(dataset) if limit is None else min(limit, len(dataset))
     sampler = InferenceSampler(size, world_size, rank)
     return DataLoader(dataset, batch_size=data_cfg.test_batch_size, sampler=sampler, drop_last=False,
-                      num_workers=data_cfg.num_workers, collate_fn=_TestCollate(data_cfg.size_divisor),
+                      num_workers=data_cfg.num_workers, collate_fn=partial(collate, size_divisor=data_cfg.size_divisor),  # picklable
                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                       persistent_workers=False, worker_init_fn=worker_init_fn)

@@ -19,8 +19,6 @@ evaluation the sample is returned as ``None`` and dropped by the collate, so no 
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import math
@@ -30,10 +28,10 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 import torch
-from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from data.transforms import build_normalise_only
+from detector.metrics.results_io import coco_from_dict
 
 __all__ = ["CocoDetection", "BadSampleError", "load_coco_json"]
 
@@ -119,10 +117,7 @@ class CocoDetection(Dataset):
             if bad_image_ids:
                 data = self._without_images(data, bad_image_ids)
                 self.num_bad = len(bad_image_ids)
-        self.coco = COCO()
-        self.coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco.createIndex()
+        self.coco = coco_from_dict(data)
 
         self.cat_ids: list[int] = sorted(int(c["id"]) for c in data["categories"])
         self.cat_id_to_label: dict[int, int] = {c: i for i, c in enumerate(self.cat_ids)}

@@ -35,7 +35,6 @@ def postprocess_detections(cls_logits: Sequence[Tensor], box_deltas: Sequence[Te
     """
     batch, channels, height, width = cls_logits[0].shape
     num_classes = channels // (anchors[0].shape[0] // (height * width))  # channels = A * K
-    device = cls_logits[0].device
     all_boxes, all_scores = [], []
     for logits, deltas, level_anchors in zip(cls_logits, box_deltas, anchors):
         logits = logits.permute(0, 2, 3, 1).reshape(batch, -1, num_classes).float()  # (B, HWA, K)

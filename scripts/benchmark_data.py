@@ -21,9 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data.build import build_train_loader  # noqa: E402
+from data.build import build_dataset, build_train_loader  # noqa: E402
 from data.coco import CocoDetection  # noqa: E402
-from data.transforms import build_train_transform  # noqa: E402
 from detector.config import DataCfg  # noqa: E402
 
 _SHARED = Path(os.environ.get("ALRP_SHARED_DIR", REPO.parent / "shared"))
@@ -41,9 +40,9 @@ def per_process(ds: CocoDetection, n: int) -> tuple[float, float]:
     return decode, n / (time.perf_counter() - t0)
 
 
-def with_loader(ds: CocoDetection, size: int, workers: int, batch_size: int, batches: int) -> float:
-    """Loader images/s with ``workers`` workers, after the first batch."""
-    cfg = DataCfg(train_size=size, batch_size=batch_size, num_workers=workers)
+def with_loader(ds: CocoDetection, cfg: DataCfg, batches: int) -> float:
+    """Loader images/s with ``cfg.num_workers`` workers, after the first batch."""
+    batch_size = cfg.batch_size
     loader, sampler = build_train_loader(cfg, ds, seed=0, pin_memory=False)
     done, t0 = 0, None
     for epoch in range(1000):
@@ -69,12 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-images", type=int, default=200, help="images for the per-process measurement")
     p.add_argument("--batches", type=int, default=25, help="timed batches for the loader measurement")
     args = p.parse_args(argv)
-    root = Path(args.root)
-    ds = CocoDetection(root / args.ann, root / args.images, build_train_transform(args.size), train=True)
+    cfg = DataCfg(root=args.root, train_ann=args.ann, train_images=args.images, train_size=args.size,
+                  batch_size=args.batch_size, num_workers=args.workers)
+    ds = build_dataset(cfg, "train")  # the training pipeline exactly as train.py builds it
     print(f"dataset: {ds}; size {args.size}; cpu cores {os.cpu_count()}")
     decode, full = per_process(ds, args.num_images)
     print(f"per process: decode only {decode:.1f} images/s; decode + augment + to tensor {full:.1f} images/s")
-    rate = with_loader(ds, args.size, args.workers, args.batch_size, args.batches)
+    rate = with_loader(ds, cfg, args.batches)
     print(f"loader with {args.workers} workers (batch {args.batch_size}): {rate:.1f} images/s "
           f"({rate / max(args.workers, 1):.1f} per worker)")
     return 0

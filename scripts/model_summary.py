@@ -16,7 +16,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.build import build_retinanet  # noqa: E402
+from detector.build import build_model  # noqa: E402
 from detector.config import load_config  # noqa: E402
 
 
@@ -28,27 +28,32 @@ def count(module: nn.Module) -> tuple[int, int]:
 
 def summarise(path: str, overrides: list[str], size: int) -> dict:
     cfg = load_config(path, overrides + ["model.backbone.weights=null"])
-    model = build_retinanet(cfg.model).eval()
-    with torch.inference_mode():
-        cls, reg = model.head(model.fpn(model.backbone(torch.zeros(1, 3, size, size))))
-    return {
-        "name": cfg.name, "cfg": cfg.model, "total": count(model), "backbone": count(model.backbone),
-        "fpn": count(model.fpn), "head": count(model.head), "anchors": model.anchor_generator.num_anchors,
-        "levels": [(tuple(c.shape), tuple(r.shape)) for c, r in zip(cls, reg)],
-    }
+    model = build_model(cfg).eval()  # the detector model.type names (RetinaNet, FoveaBox, Faster R-CNN)
+    levels = []
+    if hasattr(model, "head"):  # one-stage detectors: per-level (class logits, box outputs) of the dense head
+        with torch.inference_mode():
+            cls, reg = model.head(model.fpn(model.backbone(torch.zeros(1, 3, size, size))))
+        levels = [(tuple(c.shape), tuple(r.shape)) for c, r in zip(cls, reg)]
+    anchors = getattr(getattr(model, "anchor_generator", None), "num_anchors", None)
+    if anchors is None and hasattr(model, "rpn"):
+        anchors = model.rpn.anchor_generator.num_anchors
+    parts = {name: count(child) for name, child in model.named_children() if count(child)[0]}
+    return {"name": cfg.name, "cfg": cfg.model, "total": count(model), "parts": parts, "anchors": anchors,
+            "levels": levels}
 
 
 def print_report(s: dict, size: int) -> None:
     m = s["cfg"]
     print(f"{s['name']}: {m.type}, backbone {m.backbone.name} (DCN stages {m.backbone.dcn_stages}), "
-          f"{m.num_classes} classes, {s['anchors']} anchors/location, assigner {m.assigner.type}")
+          f"{m.num_classes} classes, {s['anchors']} anchors/location"
+          + (f", assigner {m.assigner.type}" if m.type == "retinanet" else ""))
     print(f"{'part':<10}{'total':>14}{'trainable':>14}")
-    for part in ("backbone", "fpn", "head", "total"):
-        total, trainable = s[part]
+    for part, (total, trainable) in [*s["parts"].items(), ("total", s["total"])]:
         print(f"{part:<10}{total:>14,}{trainable:>14,}")
-    print(f"outputs for a 1x3x{size}x{size} input (class logits, box deltas):")
-    for i, (c, r) in enumerate(s["levels"]):
-        print(f"  P{i + 3}: {c}  {r}")
+    if s["levels"]:
+        print(f"dense head outputs for a 1x3x{size}x{size} input (class logits, box outputs):")
+        for i, (c, r) in enumerate(s["levels"]):
+            print(f"  P{i + 3}: {c}  {r}")
 
 
 def main() -> None:

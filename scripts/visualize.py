@@ -165,26 +165,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _load_image_info(path: Path):
     """A COCO object from an annotation or image-info json (annotations optional: only file/class names needed)."""
-    import contextlib
-    import io
-    import json
+    from data.coco import load_coco_json
+    from detector.metrics.results_io import coco_from_dict
 
-    from pycocotools.coco import COCO
-
-    if not path.is_file():
-        raise ResultsFormatError(f"{path}: annotation file not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ResultsFormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    if not isinstance(data, dict) or "images" not in data or "categories" not in data:
-        raise ResultsFormatError(f"{path}: needs 'images' and 'categories' lists")
+    data = load_coco_json(path)  # errors name the file (FileNotFoundError / ValueError)
     data.setdefault("annotations", [])
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+    return coco_from_dict(data)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .lrp import AREA_NAMES, VARIANTS, ClassLRP, class_lrp, class_matches, iou_index, summarize_lrp
-from .results_io import load_results, validate_results
+from .results_io import coco_from_dict, load_results, validate_results
 from .rho import mean_rho
 
 __all__ = ["STAT_NAMES", "EvalDetails", "run_cocoeval", "coco_stats", "per_class_ap", "class_name_map",
@@ -54,11 +54,8 @@ def _load_res(coco_gt: COCO, dets: list[dict]) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         if dets:
             return coco_gt.loadRes([dict(d) for d in dets])  # loadRes mutates its input
-        res = COCO()
-        res.dataset = {"images": list(coco_gt.dataset["images"]),
-                       "categories": list(coco_gt.dataset.get("categories", [])), "annotations": []}
-        res.createIndex()
-        return res
+        return coco_from_dict({"images": list(coco_gt.dataset["images"]),
+                               "categories": list(coco_gt.dataset.get("categories", [])), "annotations": []})
 
 
 def run_cocoeval(coco_gt: COCO, dets: list[dict], max_dets: int = 100, img_ids: list[int] | None = None,

@@ -30,6 +30,15 @@ class ResultsFormatError(ValueError):
     """A results or annotation file is missing, malformed or does not fit the annotation file."""
 
 
+
+def coco_from_dict(data: dict) -> COCO:
+    """A pycocotools COCO index over an already loaded dataset dict, without its progress prints."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
 def _listed(ids: list[Any]) -> str:
     ids = sorted(ids, key=str)
     more = f" (and {len(ids) - _MAX_LISTED} more)" if len(ids) > _MAX_LISTED else ""
@@ -69,10 +78,7 @@ def load_gt(path: str | Path) -> COCO:
         if not isinstance(ann["id"], numbers.Integral) or ann["id"] < 1:
             raise ResultsFormatError(f"{path}: annotation #{i} (image {ann['image_id']}) has id {ann['id']!r}; ids "
                                      f"must be integers >= 1 (pycocotools uses 0 for 'unmatched')")
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
+    coco = coco_from_dict(data)
     if len(coco.anns) != len(data["annotations"]):
         raise ResultsFormatError(f"{path}: annotation ids are not unique")
     return coco
