@@ -128,12 +128,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _dist_worker(rank: int, port: int, out: str, data_root: str, result_dir: str) -> None:
+def _dist_worker(rank: int, port: int, out: str, data_root: str, result_dir: str,
+                 max_iters: str = "solver.max_iters=3") -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    code, model, state = train.run(tiny_args(Path(out), Path(data_root), "solver.max_iters=3",
-                                             "data.batch_size=2"))
+    code, model, state = train.run(tiny_args(Path(out), Path(data_root), max_iters, "data.batch_size=2"))
     torch.save({"code": code, "iters": state.global_iter, "model": model.state_dict()},
                Path(result_dir) / f"rank{rank}.pt")
 
@@ -173,3 +173,46 @@ def test_grad_clip_bounds_the_step_and_logs_the_raw_norm(tmp_path, data_root):
     before = dict(init_model.named_parameters())
     step = torch.cat([(p.detach() - before[n].detach()).flatten() for n, p in model.named_parameters()])
     assert 0 < step.norm() <= row["lr"] * clip * (1 + 1e-4)
+
+
+def _dist_nan_worker(rank: int, port: int, out: str, data_root: str, result_dir: str) -> None:
+    """Rank 1 alone gets a NaN classification loss at its 2nd training iteration."""
+    import detector.build as build
+
+    real_build = build.build_model
+
+    def build_with_nan(cfg):
+        model = real_build(cfg)
+        if rank == 1:
+            forward, calls = model.forward, [0]
+
+            def nan_forward(images, targets=None):
+                out = forward(images, targets)
+                if model.training:
+                    calls[0] += 1
+                    if calls[0] == 2:
+                        out = {**out, "loss_cls": out["loss_cls"] * float("nan")}
+                return out
+            model.forward = nan_forward
+        return model
+
+    build.build_model = build_with_nan
+    _dist_worker(rank, port, out, data_root, result_dir, "solver.max_iters=5")
+
+
+def test_nan_on_one_rank_stops_every_rank(tmp_path, data_root):
+    # without agreement the healthy rank would wait in DDP's gradient all-reduce until the NCCL/gloo timeout
+    train.run(tiny_args(tmp_path / "warm", data_root, "solver.max_iters=0"))
+    out, res = tmp_path / "ddp", tmp_path / "res"
+    res.mkdir()
+    ctx = mp.start_processes(_dist_nan_worker, args=(_free_port(), str(out), str(data_root), str(res)), nprocs=2,
+                             start_method="spawn", join=False)
+    deadline = time.time() + 240
+    while not ctx.join(timeout=5):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("a rank hung after another rank's loss became non-finite")
+    r0, r1 = (torch.load(res / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["code"] == r1["code"] == 2 and r0["iters"] == r1["iters"] == 1
+    assert "non-finite loss at iteration 2" in (out / "log.txt").read_text()
