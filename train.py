@@ -146,8 +146,12 @@ def run(argv: list[str] | None = None) -> tuple[int, torch.nn.Module, TrainState
 
     sbs = [m for m in unwrap(model).modules() if hasattr(m, "consolidate")]
 
+    last_saved = None  # (name, global_iter) of the latest checkpoint written
+
     def save(name: str) -> None:
         """Called on every rank at the same points (the self-balance sums are gathered collectively)."""
+        nonlocal last_saved
+        last_saved = (name, state.global_iter)
         for m in sbs:
             m.consolidate()
         if is_main:
@@ -185,7 +189,8 @@ def run(argv: list[str] | None = None) -> tuple[int, torch.nn.Module, TrainState
                             on_log=on_log, on_iter_end=on_iter_end, dump_dir=out_dir if is_main else None,
                             show_progress=is_main)
             if state.iter_in_epoch < iters_per_epoch:  # stopped mid-epoch (signal or max_iters)
-                save("last.pth")
+                if last_saved != ("last.pth", state.global_iter):  # not just written by on_iter_end
+                    save("last.pth")
                 break
             state.epoch, state.iter_in_epoch = state.epoch + 1, 0
             save("last.pth")

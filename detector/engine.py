@@ -71,8 +71,6 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                desc=f"epoch {state.epoch + 1}", leave=False)
     t_window, n_window = time.perf_counter(), 0
     for images, targets in loader:
-        if max_iters is not None and state.global_iter >= max_iters:
-            break
         log_now = (state.global_iter + 1) % log_interval == 0
         if crit is not None and hasattr(crit, "track_balance"):
             crit.track_balance = log_now
@@ -126,7 +124,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if not du.is_dist():
             stop_now = state.stop_requested  # a signal during this iteration stops right after it
         on_iter_end(state)
-        if stop_now or state.iter_in_epoch >= iters_per_epoch:  # a later signal: agreed at the next check
+        done = max_iters is not None and state.global_iter >= max_iters
+        if stop_now or done or state.iter_in_epoch >= iters_per_epoch:  # a later signal: agreed at the next check
             break
     bar.close()
 

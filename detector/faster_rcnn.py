@@ -165,10 +165,10 @@ class FasterRCNN(nn.Module):
         losses = self.criterion.rpn(*self.rpn.loss_inputs(rpn_logits, rpn_deltas, anchors, gt_boxes))
         rois, labels, roi_gt = self.roi_head.sample(proposal_boxes, gt_boxes, gt_labels)
         logits, deltas = self.roi_head(feats, rois)
-        pos = labels < self.num_classes
+        pos_idx = (labels < self.num_classes).nonzero().squeeze(1)  # one sync for every positive gather
         all_rois = torch.cat(rois)  # (R, 4)
-        losses.update(self.criterion.roi(logits, labels, self.roi_head.select_deltas(deltas, labels), all_rois[pos],
-                                         roi_gt[pos]))
+        losses.update(self.criterion.roi(logits, labels, self.roi_head.select_deltas(deltas, labels, pos_idx),
+                                         all_rois[pos_idx], roi_gt[pos_idx]))
         return losses
 
     def _gt(self, targets: Sequence[dict], device: torch.device) -> tuple[list[Tensor], list[Tensor]]:

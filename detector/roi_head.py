@@ -152,10 +152,12 @@ class RoIHead(nn.Module):
             gts.append(gt)
         return rois, torch.cat(labels), torch.cat(gts)
 
-    def select_deltas(self, deltas: Tensor, labels: Tensor) -> Tensor:
-        """The class-specific deltas (P, 4) of the positive RoIs (``labels < K``), in RoI order."""
-        pos = labels < self.num_classes
-        return deltas.view(deltas.shape[0], self.num_classes, 4)[pos, labels[pos]]  # (R, K, 4) -> (P, 4)
+    def select_deltas(self, deltas: Tensor, labels: Tensor, pos_idx: Tensor | None = None) -> Tensor:
+        """The class-specific deltas (P, 4) of the positive RoIs (``labels < K``, or the RoI indices ``pos_idx``
+        when the caller has them already), in RoI order."""
+        if pos_idx is None:
+            pos_idx = (labels < self.num_classes).nonzero().squeeze(1)
+        return deltas.view(deltas.shape[0], self.num_classes, 4)[pos_idx, labels[pos_idx]]  # (R, K, 4) -> (P, 4)
 
     @torch.no_grad()
     def detect(self, feats: Sequence[Tensor], proposals: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]],

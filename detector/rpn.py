@@ -152,12 +152,14 @@ class RPN(nn.Module):
         deltas = torch.cat([d.permute(0, 2, 3, 1).reshape(batch, -1, 4) for d in box_deltas], dim=1)  # (B, N, 4)
         all_anchors = torch.cat(anchors)  # (N, 4)
         with torch.no_grad():
-            labels, targets = [], []
+            labels, matched_boxes = [], []
             for boxes in gt_boxes:
                 lab, matched = rpn_labels(all_anchors, boxes, self.pos_iou, self.neg_iou, self.min_pos_iou,
                                           self.num_samples, self.pos_fraction)
-                pos = lab == 1
                 labels.append(lab)
-                targets.append(self.coder.encode(all_anchors[pos], boxes[matched[pos]]))
+                # no gt: placeholder rows, never read (no positives)
+                matched_boxes.append(boxes[matched] if boxes.shape[0] else all_anchors)
             labels_t = torch.stack(labels)  # (B, N)
-        return logits.reshape(-1), labels_t.reshape(-1).float(), deltas[labels_t == 1], torch.cat(targets)
+            pos_b, pos_n = (labels_t == 1).nonzero(as_tuple=True)  # one sync; row-major = labels == 1 order
+            targets = self.coder.encode(all_anchors[pos_n], torch.stack(matched_boxes)[pos_b, pos_n])
+        return logits.reshape(-1), labels_t.reshape(-1).float(), deltas[pos_b, pos_n], targets
