@@ -53,14 +53,20 @@ def postprocess_detections(cls_logits: Sequence[Tensor], box_deltas: Sequence[Te
     results = []
     for b in range(batch):
         row, label = (scores[b] > score_thr).nonzero(as_tuple=True)
-        cand_boxes, cand_scores = clip_boxes(boxes[b, row], image_sizes[b]), scores[b, row, label]
-        keep = _top_after_nms(cand_boxes, cand_scores, label, nms_iou, max_per_img)
-        out_boxes = cand_boxes[keep]
-        if scale_factors is not None:
-            sx, sy = float(scale_factors[b][0]), float(scale_factors[b][1])
-            out_boxes = rescale_boxes(out_boxes, sx, sy)
-        results.append({"boxes": out_boxes, "scores": cand_scores[keep], "labels": label[keep]})
+        results.append(select_detections(clip_boxes(boxes[b, row], image_sizes[b]), scores[b, row, label], label,
+                                         nms_iou, max_per_img, None if scale_factors is None else scale_factors[b]))
     return results
+
+
+def select_detections(boxes: Tensor, scores: Tensor, labels: Tensor, nms_iou: float, max_per_img: int,
+                      scale_factor: tuple[float, float] | None = None) -> dict[str, Tensor]:
+    """One image's final detections from its (n, 4) candidate boxes (already clipped), scores and labels:
+    class-wise NMS, the best ``max_per_img``, boxes divided by ``scale_factor`` = (sx, sy) if given."""
+    keep = _top_after_nms(boxes, scores, labels, nms_iou, max_per_img)
+    out_boxes = boxes[keep]
+    if scale_factor is not None:
+        out_boxes = rescale_boxes(out_boxes, float(scale_factor[0]), float(scale_factor[1]))
+    return {"boxes": out_boxes, "scores": scores[keep], "labels": labels[keep]}
 
 
 def _top_after_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_keep: int) -> Tensor:

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from detector.assigners import BACKGROUND, max_iou_assign
-from detector.box_ops import DeltaXYWHCoder, clip_boxes, rescale_boxes
-from detector.postprocess import _top_after_nms
+from detector.box_ops import DeltaXYWHCoder, clip_boxes
+from detector.postprocess import select_detections
 from detector.rpn import random_sample
 
 __all__ = ["FINEST_SCALE", "map_roi_levels", "multilevel_roi_align", "roi_batch", "roi_targets", "Shared2FCHead",
@@ -176,12 +176,7 @@ class RoIHead(nn.Module):
             end = start + props.shape[0]
             img_boxes, img_scores = clip_boxes(boxes[start:end], image_sizes[i]), scores[start:end]
             row, label = (img_scores > self.score_thr).nonzero(as_tuple=True)
-            cand, cand_scores = img_boxes[row, label], img_scores[row, label]
-            keep = _top_after_nms(cand, cand_scores, label, self.nms_iou, self.max_per_img)
-            out = cand[keep]
-            if scale_factors is not None:
-                sx, sy = (float(v) for v in scale_factors[i])
-                out = rescale_boxes(out, sx, sy)
-            results.append({"boxes": out, "scores": cand_scores[keep], "labels": label[keep]})
+            results.append(select_detections(img_boxes[row, label], img_scores[row, label], label, self.nms_iou,
+                                             self.max_per_img, None if scale_factors is None else scale_factors[i]))
             start = end
         return results
