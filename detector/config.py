@@ -30,8 +30,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and its source."""
+from .errors import ConfigError  # noqa: E402  (re-exported: ``from detector.config import ConfigError``)
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,6 +140,7 @@ class ModelCfg:
     type: str = "retinanet"  # retinanet | fovea | faster_rcnn
     num_classes: int = 80
     weights: str | None = None  # a checkpoint of this detector to load weights from (weights only)
+    weights_strict: bool = False  # refuse model.weights unless every tensor fits (default: skip and report misfits)
     coder_stds: list[float] = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
     backbone: BackboneCfg = field(default_factory=BackboneCfg)
     fpn: FPNCfg = field(default_factory=FPNCfg)
@@ -189,6 +189,7 @@ class DataCfg:
     train_size: int = 512  # square training resolution (512 or 800)
     test_short: int = 500  # test shorter side
     test_max: int = 833  # test longer side at most (1.66x)
+    size: int | None = None  # one key for the scale: train_size = test_short = size, test_max = round(size * 5 / 3)
     size_divisor: int = 32
     batch_size: int = 8  # images per GPU
     test_batch_size: int = 2
@@ -213,6 +214,7 @@ class LossCfg:
     smooth_l1_beta: float = 1.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    rank_scope: str = "device"  # device (the paper's: one ranking per GPU) | global (all images of all ranks)
 
 
 @dataclass
@@ -223,13 +225,18 @@ class SolverCfg:
     weight_decay: float = 1e-4
     reference_batch: int = 32  # total batch the base_lr is meant for
     auto_scale_lr: bool = False
-    epochs: int = 100
-    lr_steps: list[int] = field(default_factory=lambda: [75, 95])
+    # The schedule is given in epochs or in iterations: one key of each pair (epochs | max_iters,
+    # lr_steps | lr_step_iters, warmup_iters | warmup_epochs). Setting one member in a file or override
+    # drops the other member inherited from a _base_ (or the default); setting both in one place is an error.
+    epochs: int | None = 100
+    max_iters: int | None = None  # length of training in iterations (instead of epochs)
+    lr_steps: list[int] | None = field(default_factory=lambda: [75, 95])  # epochs at which lr *= gamma
+    lr_step_iters: list[int] | None = None  # iterations at which lr *= gamma (instead of lr_steps)
     gamma: float = 0.1
-    warmup_iters: int = 500
+    warmup_iters: int | None = 500
+    warmup_epochs: float | None = None  # warmup length in epochs (instead of warmup_iters)
     warmup_ratio: float = 0.001
     grad_clip: float | None = None
-    max_iters: int | None = None  # stop after this many iterations in total (short runs, tests)
 
 
 @dataclass
@@ -244,6 +251,7 @@ class RuntimeCfg:
     eval_interval: int = 1  # epochs between validations (0 = never)
     checkpoint_interval: int = 10  # epochs between epoch_XXX.pth (also written at lr drops)
     checkpoint_iters: int = 0  # also write last.pth every N iterations (0 = only at epoch ends)
+    keep_last: int = 0  # keep at most N epoch_XXX.pth files (0 = keep all)
     eval_max_images: int | None = None  # evaluate on the first N val images only (quick runs)
 
 
@@ -357,12 +365,43 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return out
 
 
-def _merge(base: dict, over: dict) -> dict:
-    """Recursive dict merge: mappings merge key by key, everything else is replaced."""
+# Schedule keys given in epochs or in iterations: (epoch-based, iteration-based) members of each pair.
+SCHEDULE_PAIRS = (("epochs", "max_iters"), ("lr_steps", "lr_step_iters"), ("warmup_iters", "warmup_epochs"))
+
+
+def _partner(key: str) -> str | None:
+    for a, b in SCHEDULE_PAIRS:
+        if key == a:
+            return b
+        if key == b:
+            return a
+    return None
+
+
+def _check_schedule_pairs(solver: dict, source: str) -> None:
+    """Refuse both members of a schedule pair set in one place; null the epoch member the user replaced."""
+    for a, b in SCHEDULE_PAIRS:
+        if solver.get(a) is not None and solver.get(b) is not None:
+            raise ConfigError(f"{source}: give either 'solver.{a}' or 'solver.{b}', not both "
+                              f"(got {a}={solver[a]!r}, {b}={solver[b]!r})")
+        if solver.get(b) is not None and a not in solver:
+            solver[a] = None  # keeps the dataclass default of the epoch member from coming back
+
+
+def _merge(base: dict, over: dict, path: tuple[str, ...] = ()) -> dict:
+    """Recursive dict merge: mappings merge key by key, everything else is replaced.
+
+    In the ``solver`` section, setting one member of a schedule pair drops the other inherited member.
+    """
     out = dict(base)
+    if path == ("solver",):
+        for k, v in over.items():
+            partner = _partner(k)
+            if partner is not None and v is not None and partner not in over:
+                out.pop(partner, None)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = _merge(out[k], v, path + (k,))
         else:
             out[k] = v
     return out
@@ -384,8 +423,15 @@ def _read_yaml(path: Path) -> dict:
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
-    """Validate a plain nested dict into a :class:`Config`."""
-    return _build(Config, raw, "", source)
+    """Validate a plain nested dict into a :class:`Config` (schedule pairs checked, ``data.size`` applied)."""
+    if isinstance(raw.get("solver"), dict):
+        raw = {**raw, "solver": dict(raw["solver"])}
+        _check_schedule_pairs(raw["solver"], source)
+    cfg = _build(Config, raw, "", source)
+    if cfg.data.size is not None:
+        cfg.data.train_size = cfg.data.test_short = cfg.data.size
+        cfg.data.test_max = round(cfg.data.size * 5 / 3)
+    return cfg
 
 
 def apply_overrides(raw: dict, overrides: list[str], source: str = "command line") -> dict:
@@ -409,6 +455,9 @@ def apply_overrides(raw: dict, overrides: list[str], source: str = "command line
             child = node.get(p)
             node[p] = dict(child) if isinstance(child, dict) else {}
             node = node[p]
+        partner = _partner(parts[-1]) if parts[:-1] == ["solver"] else None
+        if partner is not None and value is not None:
+            node.pop(partner, None)  # e.g. solver.max_iters=N replaces the file's (or an earlier) solver.epochs
         node[parts[-1]] = value
     return out
 
