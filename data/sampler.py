@@ -23,14 +23,20 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
 
 
 class TrainSampler(Sampler):
-    """Shuffles per epoch from (seed, epoch), pads and splits across ranks like ``DistributedSampler``.
+    """Shuffles per epoch from (seed, epoch) and deals one global order out to the ranks.
+
+    An epoch is ``dataset_size // (world_size * batch_size)`` iterations (the last partial global batch is
+    dropped). Iteration ``i`` consumes the global positions ``[i*T, (i+1)*T)`` with ``T = world_size *
+    batch_size``; rank ``r`` takes the positions ``i*T + r + world_size*k`` (k < batch_size). So which samples
+    an iteration sees, and their augmentation seeds, depend only on the total batch ``T``: a run resumed on
+    another number of ranks with the same total batch continues with exactly the next unseen samples.
 
     Args:
         dataset_size: number of samples in the dataset.
-        batch_size: images per batch on this rank (used to skip whole batches on resume).
+        batch_size: images per batch on this rank.
         world_size, rank: the process group layout (1, 0 for a single process).
         seed: the run's seed.
-        shuffle: False keeps dataset order (still padded and split).
+        shuffle: False keeps dataset order.
     """
 
     def __init__(self, dataset_size: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
@@ -45,39 +51,41 @@ class TrainSampler(Sampler):
         self.rank = rank
         self.seed = seed
         self.shuffle = shuffle
-        self.num_samples = math.ceil(dataset_size / world_size)  # this rank's share per epoch
-        self.total_size = self.num_samples * world_size
+        self.total_batch = batch_size * world_size
         self.epoch = 0
         self.start_iter = 0
 
     @property
     def batches_per_epoch(self) -> int:
-        """Full batches per epoch on each rank (the loader drops the last partial batch)."""
-        return self.num_samples // self.batch_size
+        """Iterations per epoch (full global batches)."""
+        return self.dataset_size // self.total_batch
 
     def set_epoch(self, epoch: int, start_iter: int = 0) -> None:
-        """Select the epoch; skip the first ``start_iter`` batches of this rank's share (resume)."""
+        """Select the epoch; skip its first ``start_iter`` iterations (resume)."""
         if start_iter < 0 or start_iter > self.batches_per_epoch:
             raise ValueError(f"start_iter {start_iter} is outside 0..{self.batches_per_epoch}")
         self.epoch = epoch
         self.start_iter = start_iter
 
     def global_order(self) -> np.ndarray:
-        """The epoch's padded order over all ranks, (total_size,) dataset indices."""
+        """The epoch's order over all ranks, (dataset_size,) dataset indices."""
         if self.shuffle:
-            order = np.random.default_rng([self.seed % 2**63, self.epoch]).permutation(self.dataset_size)
-        else:
-            order = np.arange(self.dataset_size)
-        return np.resize(order, self.total_size)  # pads by repeating from the start
+            return np.random.default_rng([self.seed % 2**63, self.epoch]).permutation(self.dataset_size)
+        return np.arange(self.dataset_size)
+
+    def positions(self) -> np.ndarray:
+        """The global positions this rank reads from ``start_iter`` to the end of the epoch, in order."""
+        its = np.arange(self.start_iter, self.batches_per_epoch)[:, None]
+        k = np.arange(self.batch_size)[None, :]
+        return (its * self.total_batch + self.rank + self.world_size * k).reshape(-1)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = self.global_order()
-        positions = range(self.rank, self.total_size, self.world_size)[self.start_iter * self.batch_size:]
-        for pos in positions:
-            yield int(order[pos]), sample_seed(self.seed, self.epoch, pos)
+        for pos in self.positions():
+            yield int(order[pos]), sample_seed(self.seed, self.epoch, int(pos))
 
     def __len__(self) -> int:
-        return self.num_samples - self.start_iter * self.batch_size
+        return (self.batches_per_epoch - self.start_iter) * self.batch_size
 
 
 class InferenceSampler(Sampler):

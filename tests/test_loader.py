@@ -34,28 +34,43 @@ def test_sampler_epoch_permutations():
     assert [i for i, _ in other] != [i for i, _ in e0]
 
 
-def test_sampler_distributed_split_and_padding():
+def test_sampler_distributed_split_is_one_global_order():
     ranks = [TrainSampler(10, batch_size=2, world_size=3, rank=r, seed=1) for r in range(3)]
     for r in ranks:
         r.set_epoch(2)
     order = ranks[0].global_order()
-    assert len(order) == 12 and list(order[10:]) == list(order[:2])  # padded by repeating the start
+    assert sorted(order.tolist()) == list(range(10))
+    assert ranks[0].batches_per_epoch == 1  # 10 // (3 x 2): the partial global batch is dropped
     shares = [list(r) for r in ranks]
-    assert all(len(sh) == 4 == len(r) for sh, r in zip(shares, ranks))
-    for rank, sh in enumerate(shares):
-        assert [i for i, _ in sh] == [int(order[p]) for p in range(rank, 12, 3)]
-    assert set(i for sh in shares for i, _ in sh) == set(range(10))
-    assert ranks[0].batches_per_epoch == 2
+    assert all(len(sh) == 2 == len(r) for sh, r in zip(shares, ranks))
+    for rank, sh in enumerate(shares):  # rank r reads positions r, r + 3 of the global order
+        assert [i for i, _ in sh] == [int(order[rank]), int(order[rank + 3])]
+        assert [seed for _, seed in sh] == [sample_seed(1, 2, rank), sample_seed(1, 2, rank + 3)]
+    assert len({i for sh in shares for i, _ in sh}) == 6
+
+
+def test_sampler_same_total_batch_reads_the_same_samples_on_any_world_size():
+    """1 rank x 4 images and 2 ranks x 2 images see the same samples (and seeds) at every iteration."""
+    one = TrainSampler(23, batch_size=4, world_size=1, rank=0, seed=3)
+    two = [TrainSampler(23, batch_size=2, world_size=2, rank=r, seed=3) for r in range(2)]
+    for s in [one, *two]:
+        s.set_epoch(1, start_iter=2)
+    a = list(one)
+    b0, b1 = list(two[0]), list(two[1])
+    assert one.batches_per_epoch == two[0].batches_per_epoch == 5
+    for it in range(3):
+        assert sorted(a[it * 4:(it + 1) * 4]) == sorted(b0[it * 2:(it + 1) * 2] + b1[it * 2:(it + 1) * 2])
 
 
 def test_sampler_resume_continues_at_exact_position():
     s = TrainSampler(23, batch_size=4, seed=0)
     s.set_epoch(3)
     full = list(s)
+    assert len(full) == 20  # 5 full batches
     s.set_epoch(3, start_iter=2)
-    assert list(s) == full[8:] and len(s) == 23 - 8
+    assert list(s) == full[8:] and len(s) == 20 - 8
     s.set_epoch(4)
-    assert len(s) == 23  # the next epoch starts from the beginning again
+    assert len(s) == 20  # the next epoch starts from the beginning again
     with pytest.raises(ValueError, match="start_iter"):
         s.set_epoch(3, start_iter=6)
 
