@@ -47,6 +47,18 @@ of sorted positives*. Hence:
    explicitly (the positives' own g_i, exactly 0 for ignored entries). Logits must be finite: a non-finite logit,
    even on an ignored entry, makes the loss NaN (which the trainer's finiteness check reports).
 
+5. Batch-global ranking (``group=``, ``loss.rank_scope: global``). The ranking of the concatenation of all
+   ranks' inputs needs, per rank, only O(P) communication: the knot list and every per-positive quantity depend
+   on the positives' logits (and E values) alone, and the negatives enter only through the per-interval moments
+   ``(n_c, m_c)``, which are sums and therefore additive over ranks. So every rank all-gathers the positives
+   (rank-major: the flat-positive order of the concatenated inputs, so the stable sort breaks ties identically),
+   bins its *own* entries against the shared knots, all-reduces ``(n, m)`` (2·(2P+1) values) and then computes
+   FP, rank, g_i, w_i and the tables (A, B) identically on every rank. Its backward pass writes ``A_c + t_j B_c``
+   for its local negatives and its own positives' g_i: the matching slice of the single-process gradient. The
+   localisation component is the global value too, differentiable w.r.t. the local E only (the other ranks' E
+   are constants), so the sum of the ranks' gradients is the single-process gradient; DDP averages, hence the
+   trainer scales the loss by the world size (``ddp_loss_scale``). Communication: :mod:`.global_rank`.
+
 Cost per entry: forward ~12 elementwise/gather/scatter ops on 32K-entry chunks, backward 2 gathers and an fma;
 memory: one int32 interval index per entry kept for the backward pass plus chunk-sized buffers.
 Precision: per-entry arithmetic, moments, tables and every per-positive quantity are float64 (fp16/bf16/fp32
@@ -59,6 +71,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from .global_rank import RankGroup
 
 __all__ = ["alrp_loss", "ALRPClassification", "Ranking", "alrp_loc_loss"]
 
@@ -128,19 +142,31 @@ class Ranking:
 
     ``Ranking(logits, targets, delta)`` sorts the positives; :meth:`negative_moments` scans the entries once.
     All per-positive tensors are float64 and in ascending score order (``order`` maps it to flat-positive order).
+    With a :class:`RankGroup` the positives are those of all ranks (``loc_errors``, this rank's E values, are
+    gathered with them), the moments are summed over the ranks, and the scans touch this rank's entries only.
     """
 
-    def __init__(self, logits: Tensor, targets: Tensor, delta: float, use_grid: bool | None = None):
+    def __init__(self, logits: Tensor, targets: Tensor, delta: float, use_grid: bool | None = None,
+                 group: RankGroup | None = None, loc_errors: Tensor | None = None):
         self.logits, self.targets, self.delta = logits, targets, float(delta)
         self.inv2d = 1.0 / (2.0 * self.delta)
         dev = logits.device
         self.other_flat = (targets != 0).nonzero().squeeze(1)  # positives and ignored entries, flat order
         self.pos_flat = self.other_flat[targets[self.other_flat] == 1]  # (P,) flat order
-        self.P = int(self.pos_flat.numel())
+        self.group = group
         fg = logits[self.pos_flat].to(torch.float64)
+        if group is not None:  # all ranks' positives, rank-major
+            fg = group.gather_positives(fg, loc_errors)
+        self.P = int(fg.numel())
         self.order = torch.argsort(fg, stable=True)  # flat-positive index of the q-th lowest positive
         self.u = fg[self.order]  # (P,) ascending
-        self.pos_sorted_flat = self.pos_flat[self.order]
+        self.local_sorted: Tensor | None = None  # sorted positions of this rank's positives (None: all)
+        if group is None:
+            self.pos_sorted_flat = self.pos_flat[self.order]
+        else:
+            mine = (self.order >= group.offset) & (self.order < group.offset + group.count)
+            self.local_sorted = mine.nonzero().squeeze(1)
+            self.pos_sorted_flat = self.pos_flat[self.order[self.local_sorted] - group.offset]
         vals = torch.cat([self.u - self.delta, self.u + self.delta])  # (2P,) L then U
         perm = torch.argsort(vals, stable=True)
         self.knots = vals[perm]
@@ -164,7 +190,7 @@ class Ranking:
 
     def negative_moments(self) -> tuple[Tensor, Tensor, Tensor]:
         """Per interval: number of negatives ``n`` and the sum of their logits ``m`` (float64, (2P+1,)), and
-        every entry's interval index (int32, (M,)).
+        every entry's interval index (int32, (M,)). With a group, ``n`` and ``m`` are summed over the ranks.
 
         The hot loop reads only the logits: all entries are binned, then the few non-negatives (positives and
         ignored entries, gathered once) are taken out again.
@@ -206,6 +232,8 @@ class Ranking:
             m.index_add_(0, c, -self.logits[other].to(torch.float64))
         n, m = n[:-1].clone(), m[:-1].clone()
         n[0], m[0] = 0.0, 0.0  # interval 0 relates to no positive
+        if self.group is not None:
+            n, m = self.group.all_reduce_sum(n, m)
         return n, m, index
 
     def _scan(self, grid: _Grid | None, n: Tensor, m: Tensor, index: Tensor, step: int, ones: Tensor, c_buf: Tensor,
@@ -225,7 +253,8 @@ class Ranking:
             index[s:e].copy_(c)
 
     def negative_grad(self, index: Tensor, A: Tensor, B: Tensor, g_pos: Tensor, out_dtype: torch.dtype) -> Tensor:
-        """``grad[j] = A[c_j] + s_j B[c_j]`` for every negative, ``g_pos`` at the positives, 0 when ignored."""
+        """``grad[j] = A[c_j] + s_j B[c_j]`` for every negative, ``g_pos`` (sorted order) at the positives, 0 when
+        ignored; with a group, for this rank's entries and positives."""
         total = self.logits.numel()
         dev = self.logits.device
         out = torch.empty(total, dtype=out_dtype, device=dev)
@@ -238,6 +267,8 @@ class Ranking:
             g.addcmul_(t_buf[: e - s].copy_(self.logits[s:e]), torch.index_select(B, 0, c, out=b_buf[: e - s]))
             out[s:e].copy_(g)
         out[self.other_flat] = 0
+        if self.local_sorted is not None:
+            g_pos = g_pos[self.local_sorted]
         out[self.pos_sorted_flat] = g_pos.to(out_dtype)
         return out
 
@@ -299,13 +330,15 @@ class ALRPClassification(torch.autograd.Function):
 
     ``rank`` (float64) follows ``logits[targets == 1]`` order; ``order`` is the stable ascending argsort of those
     logits. Neither is differentiable. ``weight`` multiplies the loss and the gradient (the RPN variant).
+    With a :class:`RankGroup` the loss is that of all ranks' entries together, ``rank`` and ``order`` cover all
+    ranks' positives (rank-major), and the gathered E values are left in ``group.errors``.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, loc_errors: Tensor, delta: float = 1.0, eps: float = 1e-5,
-                weight: float = 1.0, use_grid: bool | None = None):
+                weight: float = 1.0, use_grid: bool | None = None, group: RankGroup | None = None):
         with torch.autocast(logits.device.type, enabled=False):
-            rk = Ranking(logits.detach(), targets, delta, use_grid)
+            rk = Ranking(logits.detach(), targets, delta, use_grid, group, loc_errors.detach())
             ctx.in_dtype, ctx.numel = logits.dtype, logits.numel()
             loss_dtype = _loss_dtype(logits.dtype)
             if rk.P == 0:
@@ -313,10 +346,13 @@ class ALRPClassification(torch.autograd.Function):
                 empty = torch.empty(0, dtype=torch.float64, device=logits.device)
                 ctx.mark_non_differentiable(empty, rk.order)
                 return logits.new_zeros((), dtype=loss_dtype), empty, rk.order
-            if loc_errors.numel() != rk.P:
+            if group is not None:
+                e_sorted = group.errors[rk.order]
+            elif loc_errors.numel() != rk.P:
                 raise ValueError(f"aLRP loss: got {loc_errors.numel()} loc_errors for {rk.P} positives "
                                  "(one E per entry of logits[targets == 1], in that order)")
-            e_sorted = loc_errors.detach().to(torch.float64)[rk.order]
+            else:
+                e_sorted = loc_errors.detach().to(torch.float64)[rk.order]
             n, m, index = rk.negative_moments()
             fp = rk.relation_sums(n, m)
             sum_h, sum_he = rk.positive_relations([torch.ones_like(rk.u), e_sorted])
@@ -340,10 +376,10 @@ class ALRPClassification(torch.autograd.Function):
     def backward(ctx, grad_cls: Tensor, _grad_rank, _grad_order):
         if ctx.rk is None:
             grad = torch.zeros(ctx.numel, dtype=ctx.in_dtype, device=grad_cls.device)
-            return grad, None, None, None, None, None, None
+            return grad, None, None, None, None, None, None, None
         gout = grad_cls.to(torch.float64)
         grad = ctx.rk.negative_grad(ctx.index, ctx.A * gout, ctx.B * gout, ctx.g_pos * gout, ctx.in_dtype)
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 def alrp_loc_loss(loc_errors: Tensor, rank: Tensor, order: Tensor) -> Tensor:
@@ -361,14 +397,21 @@ def alrp_loc_loss(loc_errors: Tensor, rank: Tensor, order: Tensor) -> Tensor:
 
 
 def alrp_loss(logits: Tensor, targets: Tensor, loc_errors: Tensor, delta: float = 1.0, eps: float = 1e-5,
-              weight: float = 1.0) -> tuple[Tensor, Tensor]:
-    """aLRP Loss: ``(cls_loss, loc_loss)`` for one device's batch.
+              weight: float = 1.0, group=None) -> tuple[Tensor, Tensor]:
+    """aLRP Loss: ``(cls_loss, loc_loss)`` for one device's batch, or for all ranks' batches with ``group``.
 
     logits: (M,) every (anchor, class) entry; targets: (M,) 1 positive / 0 negative / -1 ignored;
     loc_errors: (P,) E_k = 1 - GIoU in ``logits[targets == 1]`` order. ``cls_loss`` backpropagates the
     error-driven ranking gradient to ``logits``; ``loc_loss`` is differentiable w.r.t. ``loc_errors`` only.
     ``weight`` scales ``cls_loss`` and its gradient (the RPN variant of the release).
+    ``group``: a ``torch.distributed`` process group (every member calls this with its own inputs). Each rank then
+    returns the loss of the concatenation of all ranks' inputs (rank order), and its gradients are the matching
+    slices of that loss's gradient; None = one ranking per process.
     """
     _check_inputs(logits, targets, loc_errors, delta)
-    cls, rank, order = ALRPClassification.apply(logits, targets, loc_errors.detach(), delta, eps, weight)
-    return cls, alrp_loc_loss(loc_errors, rank, order)
+    rg = None if group is None else RankGroup(group)
+    cls, rank, order = ALRPClassification.apply(logits, targets, loc_errors.detach(), delta, eps, weight, None, rg)
+    if rg is None or rank.numel() == 0:
+        return cls, alrp_loc_loss(loc_errors, rank, order)
+    loc = alrp_loc_loss(rg.splice_errors(loc_errors), rank, order)
+    return cls, loc.to(_loss_dtype(loc_errors.dtype))
