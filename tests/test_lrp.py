@@ -245,3 +245,69 @@ def test_rank_correlation_matches_scipy():
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 6, 40).astype(float), rng.random(40)
     assert rank_correlation(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# oLRP by object size (oLRP_small / _medium / _large, as LRP-Error 2021 reports them)
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def sized(tmp_path):
+    """Class 1 has a small (20x20), a medium (50x50) and a large (100x100) GT; class 2 one medium GT."""
+    anns = [(1, [0, 0, 20, 20]), (1, [50, 50, 50, 50]), (1, [100, 100, 100, 100]), (2, [0, 100, 40, 40])]
+    gt = {"images": [{"id": 1, "width": 200, "height": 200}],
+          "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+          "annotations": [{"id": k + 1, "image_id": 1, "category_id": c, "bbox": b, "area": b[2] * b[3],
+                           "iscrowd": 0} for k, (c, b) in enumerate(anns)]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    dets = [_det(1, 1, [100, 100, 100, 80], 0.9),  # large GT, IoU 0.8
+            _det(1, 1, [50, 50, 50, 40], 0.8),  # medium GT, IoU 0.8
+            _det(1, 1, [0, 0, 20, 15], 0.7),  # small GT, IoU 0.75
+            _det(1, 1, [150, 0, 10, 10], 0.6),  # FP, small (area 100)
+            _det(1, 1, [0, 100, 100, 100], 0.5),  # FP, large (area 10000)
+            _det(1, 2, [0, 100, 40, 40], 0.4)]  # dog: medium GT, IoU 1
+    return load_gt(tmp_path / "gt.json"), dets
+
+
+@pytest.mark.parametrize("variant", ["grid", "exact"])
+def test_olrp_by_size_hand(sized, variant):
+    """Hand values. A GT outside the range is ignored, and so is a detection matched to it or unmatched and outside.
+
+    small, cat: ign(.9) ign(.8) TP .75 FP(small) ign(large FP) with 1 GT -> best after the TP: (0.25/0.5)/1 = 0.5;
+        dog has no small GT (not evaluated) -> oLRP_small = 0.5.
+    medium, cat: one TP of IoU 0.8, every other detection ignored -> 0.2/0.5 = 0.4; dog: IoU 1 -> 0 -> mean 0.2.
+    large, cat: TP .8, then the large FP -> min(0.4, (0.4 + 1)/2) = 0.4; dog not evaluated -> 0.4.
+    all, cat: TPs .8 .8 .75 then two FPs, 3 GT -> best after 3: (1.3 + 0 + 0)/3; dog 0 -> mean 1.3/6.
+    """
+    m = evaluate_detections(*sized, lrp=variant)
+    assert m["oLRP_small"] == pytest.approx(0.5, abs=1e-12)
+    assert m["oLRP_medium"] == pytest.approx(0.2, abs=1e-12)
+    assert m["oLRP_large"] == pytest.approx(0.4, abs=1e-12)
+    assert m["oLRP"] == pytest.approx(1.3 / 6, abs=1e-12)
+    for size in ("small", "medium", "large"):
+        assert m["lrp_by_size"][size]["oLRP"] == m[f"oLRP_{size}"]
+    json.dumps(m, allow_nan=False)
+
+
+def test_olrp_by_size_no_gt_in_range_is_null(sized):
+    gt, dets = sized
+    only_dog = [d for d in dets if d["category_id"] == 2]
+    gt.dataset["annotations"] = [a for a in gt.dataset["annotations"] if a["category_id"] == 2]
+    gt.createIndex()
+    m = evaluate_detections(gt, only_dog, lrp="exact")
+    assert m["oLRP_medium"] == 0 and m["oLRP_small"] is None and m["oLRP_large"] is None
+
+
+def test_olrp_by_size_reference_and_printed_lines(noisy):
+    """The official exact code's oLRP_small/medium/large and its printed lines for them."""
+    from detector.metrics.reports import format_summary
+    gt, _, expected, ref = noisy
+    official = expected["lrp"][VARIANT_KEYS["exact"]]
+    m = evaluate_detections(gt, ref / "dets_noisy.json", lrp="exact")
+    for size in ("small", "medium", "large"):
+        assert m[f"oLRP_{size}"] == pytest.approx(official["summary"][f"oLRP_{size}"], abs=1e-9)
+    lines = [line.strip() for line in format_summary(m).splitlines()]
+    for size in ("small", "medium", "large"):
+        want = [p for p in official["printed"] if p.startswith("Optimal LRP  ") and f"area={size:>6}" in p]
+        assert len(want) == 1 and want[0] in lines, (size, want)
+    olrp_lines = [line for line in lines if line.startswith("Optimal LRP")]
+    assert olrp_lines == [p for p in official["printed"] if p.startswith("Optimal LRP")][:7]  # LRP-Error's order

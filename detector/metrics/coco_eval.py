@@ -170,7 +170,9 @@ def evaluate_with_details(coco_gt: COCO, results: list[dict] | str | Path, lrp: 
 
     Returns:
         metrics with keys AP, AP50, AP75, AP90, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl, oLRP, oLRP_loc,
-        oLRP_fp, oLRP_fn, lrp_by_size, rho, lrp_variant, num_images, num_detections and per_class
+        oLRP_fp, oLRP_fn, oLRP_small, oLRP_medium, oLRP_large (as LRP-Error prints them: per class with that size
+        range's GT/detection ignore rules, mean over the classes with a GT in range), lrp_by_size (the four
+        oLRP numbers per size), rho, lrp_variant, num_images, num_detections and per_class
         {name: {category_id, AP, AP50, AP75, AP90, oLRP, oLRP_loc, oLRP_fp, oLRP_fn, threshold, rho, num_gt,
         num_dets, num_tp}} where num_tp counts the TPs at IoU 0.5 among all kept detections.
     """
@@ -208,7 +210,8 @@ def evaluate_with_details(coco_gt: COCO, results: list[dict] | str | Path, lrp: 
             "oLRP_fn": _num(r.fn), "threshold": _num(r.threshold) if r.evaluated else None,
             "rho": _num(rho_per_class[c]), "num_gt": matches[c].num_gt, "num_dets": det_counts.get(c, 0),
             "num_tp": int(matches[c].tp.sum())}
-    metrics = {**coco_stats(cocoeval), **{k: _num(v) for k, v in summary.items()}, "lrp_by_size": by_size,
+    metrics = {**coco_stats(cocoeval), **{k: _num(v) for k, v in summary.items()},
+               **{f"oLRP_{area}": by_size[area]["oLRP"] for area in AREA_NAMES[1:]}, "lrp_by_size": by_size,
                "rho": _num(rho), "lrp_variant": lrp, "num_images": len(cocoeval.params.imgIds),
                "num_detections": len(dets), "per_class": per_class}
     precision = cocoeval.eval["precision"]

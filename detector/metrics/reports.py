@@ -45,11 +45,12 @@ def format_summary(metrics: dict, max_dets: int = 100) -> str:
     for key, label, iou, area, m in _SUMMARY_ROWS:
         lines.append(f" {label} @[ IoU={iou:<9} | area={area:>6} | maxDets={dets[m]:>3} ] = "
                      f"{_fmt(metrics.get(key), '.3f')}")
+    for size in ("small", "medium", "large"):  # LRP-Error (2021) prints these three after the four "all" lines
+        if f"oLRP_{size}" in metrics:
+            lines.append(f" Optimal LRP             @[ IoU=0.50      | area={size:>6} | maxDets={max_dets:>3} ] = "
+                         f"{_fmt(metrics[f'oLRP_{size}'], '.3f')}")
     lines.append(f" oLRP search: {metrics.get('lrp_variant')} ({_VARIANT_TEXT.get(metrics.get('lrp_variant'), '?')}); "
                  f"oLRP and its components: lower is better")
-    for size, s in (metrics.get("lrp_by_size") or {}).items():
-        lines.append(f" Optimal LRP             @[ IoU=0.50      | area={size:>6} | maxDets={max_dets:>3} ] = "
-                     f"{_fmt(s.get('oLRP'), '.3f')}")
     lines.append(" rho (Spearman, score vs IoU rankings of the TPs, mean over classes) = "
                  f"{_fmt(metrics.get('rho'), '.3f')}")
     return "\n".join(lines)
