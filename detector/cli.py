@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from typing import Callable
 
 from .errors import EXIT_CRASH, UserError, exit_code_for
@@ -37,9 +38,12 @@ def report_exception(exc: BaseException) -> int:
     """Log the traceback (log.txt), print one line to stderr, return the exit code for ``exc``."""
     code = exit_code_for(exc)
     kind = "error" if isinstance(exc, UserError) or code != EXIT_CRASH else "crash"
-    log.error("%s: %s", kind, one_line(exc), exc_info=exc)
-    for h in logging.getLogger().handlers:
-        h.flush()
+    if logging.getLogger().handlers:  # a run's log (log.txt) is set up: the traceback goes there
+        log.error("%s: %s", kind, one_line(exc), exc_info=exc)
+        for h in logging.getLogger().handlers:
+            h.flush()
+    elif debug_enabled():
+        traceback.print_exception(exc, file=sys.stderr)
     if kind == "crash":
         msg = f"crash ({type(exc).__name__}): {one_line(exc)} (traceback in log.txt; run with --debug to see it here)"
     else:
@@ -51,7 +55,8 @@ def report_exception(exc: BaseException) -> int:
 
 def _console_shows_fatal() -> bool:
     """Whether a console handler installed by :func:`detector.logger.setup_logging` already printed the line."""
-    return any(getattr(h, "prints_fatal", False) for h in logging.getLogger().handlers)
+    root = logging.getLogger()
+    return root.isEnabledFor(logging.ERROR) and any(getattr(h, "prints_fatal", False) for h in root.handlers)
 
 
 def run_cli(main: Callable[[], int]) -> None:

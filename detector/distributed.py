@@ -64,6 +64,29 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (a collective: every rank calls it; the others pass anything)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def any_over_ranks(flags: list[bool], device: torch.device | str = "cpu") -> list[bool]:
+    """Element-wise OR of a few booleans over the ranks (one small all-reduce; no-op in a single process)."""
+    if not is_dist():
+        return list(flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
 def max_over_ranks(values: torch.Tensor) -> list[float]:
     """Element-wise maximum of a small 1-D tensor over the ranks, as Python floats (one all-reduce, one sync)."""
     if is_dist():
