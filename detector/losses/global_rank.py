@@ -63,7 +63,7 @@ class RankGroup:
         rank = dist.get_rank(self.group)
         counts = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(world)]
         dist.all_gather(counts, torch.tensor([logits.numel()], dtype=torch.int64, device=dev), group=self.group)
-        sizes = [int(c) for c in counts]
+        sizes = torch.cat(counts).tolist()  # one host sync
         cols = 1 if errors is None else 2
         width = max(max(sizes), 1)
         mine = torch.zeros(width, cols, dtype=torch.float64, device=dev)
