@@ -132,10 +132,19 @@ class CocoDetection(Dataset):
                            self.ann_file, self.num_dropped_boxes)
 
         ids = [int(img["id"]) for img in data["images"]]
+        self.dropped: dict[str, int] = {}  # reason -> images left out (logged by data/summary.py)
+        if self.num_bad:
+            self.dropped["bad image or annotation (data.skip_bad_images)"] = self.num_bad
         if train:
             with_ann = {int(a["image_id"]) for a in data.get("annotations", [])}
-            ids = [i for i in ids if (not filter_empty or i in with_ann)
-                   and min(self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]) >= min_size]
+            empty = {i for i in ids if filter_empty and i not in with_ann}
+            small = {i for i in ids if i not in empty
+                     and min(self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]) < min_size}
+            for reason, n in (("no annotations (data.filter_empty)", len(empty)),
+                              (f"shorter side below data.min_size={min_size}", len(small))):
+                if n:
+                    self.dropped[reason] = n
+            ids = [i for i in ids if i not in empty and i not in small]
         if not ids:
             raise ValueError(f"{self.ann_file}: no usable images (train={train}, filter_empty={filter_empty}, "
                              f"min_size={min_size})")
