@@ -25,6 +25,7 @@ import math
 import resource
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,11 @@ class Trainer:
                                 f"but an epoch now has {self.iters_per_epoch}: the training set changed")
         if self.world_size > 1:
             # broadcast_buffers=False: the self-balance running sums are per-rank buffers, all-reduced at each update
-            self.model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+            # (newer torch calls it deprecated but says to keep it for rank-local buffers until a replacement lands)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+                self.model = nn.parallel.DistributedDataParallel(
+                    model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
         self.sbs = [m for m in unwrap(self.model).modules() if hasattr(m, "consolidate")]
         self.hooks: list[Hook] = [SignalHook(), LoggingHook(), EvalHook(), CheckpointHook()]
 

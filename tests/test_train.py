@@ -15,12 +15,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import train
+from detector.checkpoint import safe_load
+from detector.config import load_config
+from detector.errors import EXIT_NON_FINITE, EXIT_PREEMPTED, NonFiniteLossError, exit_code_for
 
-import train  # noqa: E402
-from detector.checkpoint import safe_load  # noqa: E402
-from detector.config import load_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = [
     "model.num_classes=4", "model.backbone.name=resnet18", "model.fpn.out_channels=16",
@@ -40,12 +40,20 @@ def tiny_args(out: Path, data_root: Path, *extra: str) -> list[str]:
 
 def train_rows(out: Path) -> list[dict]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("time", "imgs_per_s")} for r in rows if r["type"] == "train"]
+    timing = ("time", "imgs_per_s", "data_time", "eta_s", "max_mem_mb")
+    return [{k: v for k, v in r.items() if k not in timing} for r in rows if r["type"] == "train"]
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("shapes")
+
+
+def _generate(data_root: Path) -> None:
+    """Write the shapes data once, so that two ranks never race to generate it."""
+    from data.shapes import ensure_shapes_dataset
+    cfg = load_config(REPO / "configs" / "default.yaml", TINY + [f"data.root={data_root}"])
+    ensure_shapes_dataset(cfg.data.root, **vars(cfg.data.shapes))
 
 
 def test_tiny_run_writes_every_artifact(tmp_path, data_root):
@@ -94,14 +102,24 @@ def test_resume_with_another_config_is_refused(tmp_path, data_root):
         train.run(tiny_args(out, data_root, "solver.max_iters=2", "solver.base_lr=0.02") + ["--resume"])
 
 
-def test_non_finite_loss_stops_with_dump(tmp_path, data_root):
+def test_non_finite_loss_stops_with_dump_of_the_state_before_the_step(tmp_path, data_root):
     out = tmp_path / "run"
-    code, _, state = train.run(tiny_args(out, data_root, "solver.max_iters=30", "solver.base_lr=1e12",
-                                         "solver.warmup_iters=0", "loss.type=focal", "loss.reg=smooth_l1"))
-    assert code == 2
-    dump = safe_load(out / "nan_dump.pth")
-    assert dump["global_iter"] == state.global_iter and set(dump["losses"]) >= {"loss_cls", "loss_box"}
-    assert "non-finite loss at iteration" in (out / "log.txt").read_text()
+    with pytest.raises(NonFiniteLossError) as e:
+        train.run(tiny_args(out, data_root, "solver.max_iters=30", "solver.base_lr=1e12",
+                            "solver.warmup_iters=0", "loss.type=focal", "loss.reg=smooth_l1"))
+    assert exit_code_for(e.value) == EXIT_NON_FINITE
+    dump = safe_load(out / "nan_dump.pth", verify=False)
+    failing = int(str(e.value).split("non-finite loss at iteration ")[1].split()[0])
+    assert dump["global_iter"] == failing >= 2 and set(dump["losses"]) >= {"loss_cls", "loss_box"}
+    # the BatchNorm statistics (trained BN in this config) are those before the failing forward: finite
+    stats = {k: v for k, v in dump["model"].items() if "running_" in k}
+    assert stats and all(bool(torch.isfinite(v).all()) for v in stats.values())
+    assert len(dump["image_ids"]) == 4 and len(dump["targets"]) == 4 and dump["images"].shape[0] == 4
+    # the last.pth of the run is the one before: never overwritten with the broken state
+    assert not (out / "last.pth").exists() or safe_load(out / "last.pth")["global_iter"] < failing
+    from scripts.replay_nan import replay
+    found = replay(str(out / "nan_dump.pth"))
+    assert found["iteration"] == failing and found["bad_losses"]
 
 
 def test_sigterm_saves_last_and_resumes(tmp_path, data_root):
@@ -114,9 +132,9 @@ def test_sigterm_saves_last_and_resumes(tmp_path, data_root):
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output
+    assert proc.returncode == EXIT_PREEMPTED, output
     ckpt = safe_load(out / "last.pth")
-    assert ckpt["global_iter"] >= 1 and "signal" in output
+    assert ckpt["global_iter"] >= 1 and "SIGTERM" in output and "Traceback" not in output
     n = ckpt["global_iter"]
     code, _, state = train.run(tiny_args(out, data_root, f"solver.max_iters={n + 1}") + ["--resume"])
     assert code == 0 and state.global_iter == n + 1
@@ -133,14 +151,17 @@ def _dist_worker(rank: int, port: int, out: str, data_root: str, result_dir: str
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    code, model, state = train.run(tiny_args(Path(out), Path(data_root), max_iters, "data.batch_size=2"))
-    torch.save({"code": code, "iters": state.global_iter, "model": model.state_dict()},
-               Path(result_dir) / f"rank{rank}.pt")
+    try:
+        code, model, state = train.run(tiny_args(Path(out), Path(data_root), max_iters, "data.batch_size=2"))
+        result = {"code": code, "iters": state.global_iter, "model": model.state_dict()}
+    except Exception as e:  # noqa: BLE001 - the exit code the CLI would give
+        result = {"code": exit_code_for(e), "message": str(e)}
+    torch.save(result, Path(result_dir) / f"rank{rank}.pt")
 
 
 def test_two_process_gloo_run(tmp_path, data_root):
     # generate the data once in the parent so both ranks read the same files
-    train.run(tiny_args(tmp_path / "warm", data_root, "solver.max_iters=0"))
+    _generate(data_root)
     out, res = tmp_path / "ddp", tmp_path / "res"
     res.mkdir()
     mp.start_processes(_dist_worker, args=(_free_port(), str(out), str(data_root), str(res)), nprocs=2,
@@ -165,7 +186,9 @@ def test_grad_clip_bounds_the_step_and_logs_the_raw_norm(tmp_path, data_root):
     # parameters move by at most lr * grad_clip, while the logged norm is the one measured before clipping
     clip = 1e-3
     plain = ["solver.momentum=0.0", "solver.weight_decay=0.0", f"solver.grad_clip={clip}"]
-    _, init_model, _ = train.run(tiny_args(tmp_path / "init", data_root, "solver.max_iters=0", *plain))
+    from detector.build import build_model
+    torch.manual_seed(0)  # as the trainer does (runtime.seed) before building the model
+    init_model = build_model(load_config(REPO / "configs" / "default.yaml", TINY + plain))
     code, model, _ = train.run(tiny_args(tmp_path / "run", data_root, "solver.max_iters=1", *plain))
     assert code == 0
     row = train_rows(tmp_path / "run")[0]
@@ -202,7 +225,7 @@ def _dist_nan_worker(rank: int, port: int, out: str, data_root: str, result_dir:
 
 def test_nan_on_one_rank_stops_every_rank(tmp_path, data_root):
     # without agreement the healthy rank would wait in DDP's gradient all-reduce until the NCCL/gloo timeout
-    train.run(tiny_args(tmp_path / "warm", data_root, "solver.max_iters=0"))
+    _generate(data_root)
     out, res = tmp_path / "ddp", tmp_path / "res"
     res.mkdir()
     ctx = mp.start_processes(_dist_nan_worker, args=(_free_port(), str(out), str(data_root), str(res)), nprocs=2,
@@ -214,5 +237,6 @@ def test_nan_on_one_rank_stops_every_rank(tmp_path, data_root):
                 p.kill()
             pytest.fail("a rank hung after another rank's loss became non-finite")
     r0, r1 = (torch.load(res / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert r0["code"] == r1["code"] == 2 and r0["iters"] == r1["iters"] == 1
-    assert "non-finite loss at iteration 2" in (out / "log.txt").read_text()
+    assert r0["code"] == r1["code"] == EXIT_NON_FINITE
+    assert "non-finite loss at iteration 2" in r0["message"] and "non-finite loss at iteration 2" in r1["message"]
+    assert safe_load(out / "nan_dump.pth", verify=False)["global_iter"] == 2
