@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from detector.config import SolverCfg
-from detector.solver import build_optimizer, build_scheduler, effective_lr
+from detector.errors import ConfigError
+from detector.solver import (build_optimizer, build_scheduler, effective_lr, resolve_schedule,
+                             schedule_summary)
 
 
 def lrs_at(cfg: SolverCfg, iters_per_epoch: int, wanted: list[int]) -> dict[int, float]:
@@ -67,3 +69,41 @@ def test_lr_scaling_only_when_asked(caplog):
     cfg.auto_scale_lr = True
     assert effective_lr(cfg, 16) == pytest.approx(0.004)
     assert effective_lr(cfg, 32) == 0.008
+
+
+def test_resolve_schedule_hand_values():
+    # 10 iterations/epoch, 2.5 epochs' worth of iterations: the third epoch is partial
+    s = resolve_schedule(SolverCfg(epochs=None, max_iters=25, lr_steps=[1, 2], warmup_iters=None,
+                                   warmup_epochs=0.25), 10)
+    assert (s.total_iters, s.epochs, s.step_iters, s.warmup_iters) == (25, 3, [10, 20], 3)  # 2.5 -> 3 (half up)
+    assert s.warmup_share == pytest.approx(3 / 25)
+    s = resolve_schedule(SolverCfg(epochs=4, lr_steps=None, lr_step_iters=[30, 7], warmup_iters=0), 9)
+    assert (s.total_iters, s.epochs, s.step_iters, s.warmup_iters) == (36, 4, [7, 30], 0)  # steps sorted
+    empty = resolve_schedule(SolverCfg(epochs=None, max_iters=0), 5)  # a zero-length run (weights check)
+    assert (empty.total_iters, empty.epochs, empty.warmup_share) == (0, 0, 1.0)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(max_iters=10), ["solver.epochs", "solver.max_iters", "not both"]),  # epochs=100 is still set
+    (dict(epochs=None), ["solver.epochs", "solver.max_iters", "both are null"]),
+    (dict(warmup_iters=None), ["solver.warmup_iters", "solver.warmup_epochs"]),
+    (dict(lr_step_iters=[5]), ["solver.lr_steps", "solver.lr_step_iters", "not both"]),
+    (dict(epochs=-1), ["solver.epochs", ">= 0"]),
+    (dict(warmup_iters=None, warmup_epochs=-0.5), ["solver.warmup_epochs"]),
+    (dict(lr_steps=[3, -1]), ["solver.lr_steps", "negative"]),
+])
+def test_resolve_schedule_refuses_bad_pairs(kwargs, words):
+    with pytest.raises(ConfigError) as e:
+        resolve_schedule(SolverCfg(**kwargs), 10)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_schedule_summary_line():
+    s = resolve_schedule(SolverCfg(epochs=24, lr_steps=[19, 22], warmup_iters=100), 25)
+    line = schedule_summary(s, 25)
+    assert "\n" not in line
+    for part in ("25 iterations/epoch", "600 iterations in all = 24 epochs (solver.epochs)",
+                 "warmup 100 iterations = 17% of training (solver.warmup_iters)",
+                 "lr steps at iterations 475, 550 (solver.lr_steps)", "self-balance period 25 iterations (1 epoch)"):
+        assert part in line, part
+    assert "no self-balance" in schedule_summary(s, None)
