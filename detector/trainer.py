@@ -92,6 +92,7 @@ class Trainer:
     def __init__(self, cfg: Config, out_dir: Path, *, device: torch.device, amp: bool, resume_from: Path | None,
                  eval_only: bool = False):
         from data.build import build_dataset, build_train_loader
+        from data.summary import dataset_summary
 
         self.cfg, self.out_dir, self.device, self.amp = cfg, Path(out_dir), device, amp
         self.world_size, self.rank = du.get_world_size(), du.get_rank()
@@ -119,7 +120,15 @@ class Trainer:
                             f"than one batch of {self.world_size} x {cfg.data.batch_size}; lower data.batch_size")
         self.schedule = resolve_schedule(cfg.solver, self.iters_per_epoch)
         crit = _criterion_of(model)
-        self.sb_period = cfg.loss.sb_period or self.iters_per_epoch
+        has_sb = any(hasattr(m, "consolidate") for m in model.modules())
+        self.sb_period = (cfg.loss.sb_period or self.iters_per_epoch) if has_sb else None
+        for line in dataset_summary(self.train_ds, cfg.data.batch_size, self.world_size, split="train") + (
+                dataset_summary(self.val_ds, cfg.data.test_batch_size, self.world_size, drop_last=False, split="val")
+                if self.val_ds is not None else []):
+            log.info("%s", line)
+        log.info("%s", schedule_summary(self.schedule, self.sb_period))
+        for line in schedule_warnings(self.schedule, self.sb_period):
+            log.warning("%s", line)
         if crit is not None and hasattr(crit, "set_period"):
             crit.set_period(self.iters_per_epoch)
         self.total_batch = self.world_size * cfg.data.batch_size
@@ -405,10 +414,11 @@ class EvalHook(Hook):
             return
         metrics = trainer.evaluate()  # identical on every rank
         trainer.last_metrics = metrics
-        log.info("epoch %d: AP %.4f AP50 %.4f AP75 %.4f oLRP %.4f", s.epoch, metrics["AP"], metrics["AP50"],
-                 metrics["AP75"], metrics["oLRP"])
+        epoch = s.epoch + (s.iter_in_epoch > 0)  # a schedule may end inside an epoch
+        log.info("epoch %d (iteration %d): AP %.4f AP50 %.4f AP75 %.4f oLRP %.4f", epoch, s.global_iter,
+                 metrics["AP"], metrics["AP50"], metrics["AP75"], metrics["oLRP"])
         hook = next(h for h in trainer.hooks if isinstance(h, LoggingHook))
-        hook.writer.write("eval", s.global_iter, {"epoch": s.epoch, **{
+        hook.writer.write("eval", s.global_iter, {"epoch": epoch, **{
             k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
         if metrics["AP"] > s.best_ap:
             s.best_ap = metrics["AP"]
