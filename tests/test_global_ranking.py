@@ -206,12 +206,15 @@ TINY = ["model.num_classes=3", "model.backbone.name=resnet18", "model.backbone.n
 IMAGES_PER_RANK = 2
 
 
-def _model(scope: str):
+LOSSES = ("alrp", "ap")  # AP Loss: its regression term must be normalised by all ranks' positives
+
+
+def _model(loss: str, scope: str):
     from detector.build import build_model
     from detector.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml",
-                      TINY + [f"loss.rank_scope={scope}"])
+                      TINY + [f"loss.type={loss}", f"loss.rank_scope={scope}"])
     torch.manual_seed(0)
     model = build_model(cfg).double()
     model.train()  # norm_eval: BatchNorm stays in eval mode (frozen statistics), so images do not interact
@@ -247,25 +250,35 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     images, targets = _batch(WORLD * IMAGES_PER_RANK)
     mine = slice(rank * IMAGES_PER_RANK, (rank + 1) * IMAGES_PER_RANK)
     out = {}
-    for scope in ("global", "device"):
-        ddp = DDP(_model(scope))
-        out[scope] = _step(ddp, images[mine], targets[mine], ddp_loss_scale(scope))
+    for loss in LOSSES:
+        for scope in ("global", "device"):
+            ddp = DDP(_model(loss, scope))
+            out[loss, scope] = _step(ddp, images[mine], targets[mine], ddp_loss_scale(scope))
     torch.save(out, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_ddp_step_with_global_ranking_equals_one_process_with_the_whole_batch(tmp_path):
-    _spawn(_ddp_worker, str(tmp_path))
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> list[dict]:
+    """Both ranks' parameter gradients after one DDP step, per (loss, rank_scope)."""
+    tmp = tmp_path_factory.mktemp("ddp_global_rank")
+    _spawn(_ddp_worker, str(tmp))
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.mark.slow  # two processes x four tiny RetinaNets: ~10 s on an idle 2-core machine
+@pytest.mark.parametrize("loss", LOSSES)
+def test_ddp_step_with_global_ranking_equals_one_process_with_the_whole_batch(ddp_runs, loss):
     images, targets = _batch(WORLD * IMAGES_PER_RANK)
-    want = _step(_model("device"), images, targets, 1.0)
-    assert results[0]["global"].keys() == want.keys()
-    for rank, res in enumerate(results):
+    want = _step(_model(loss, "device"), images, targets, 1.0)  # one process, all images, float64
+    assert ddp_runs[0][loss, "global"].keys() == want.keys()
+    for rank, res in enumerate(ddp_runs):
+        got = res[loss, "global"]
         for name, g in want.items():
-            assert torch.equal(res["global"][name], results[0]["global"][name])  # DDP: identical on the ranks
-            err = float((res["global"][name] - g).norm())
+            assert torch.equal(got[name], ddp_runs[0][loss, "global"][name])  # DDP: identical on the ranks
+            err = float((got[name] - g).norm())
             assert err <= 1e-9 * float(g.norm()) + 1e-15, f"rank {rank} {name}: |diff| {err:.2e}, |g| {g.norm():.2e}"
     # and the check can fail: one ranking per rank gives other gradients
-    head = [n for n in want if "cls" in n or "head" in n]
-    diff = max(float((results[0]["device"][n] - want[n]).norm() / want[n].norm()) for n in head)
+    head = [n for n in want if "head" in n]
+    diff = max(float((ddp_runs[0][loss, "device"][n] - want[n]).norm() / want[n].norm()) for n in head)
     assert diff > 1e-4
