@@ -61,14 +61,16 @@ def test_checkpoint_from_another_config_names_the_differences(tmp_path):
     cfg = Config()
     ckpt = _training_ckpt(cfg)
     other = Config()
-    other.solver.lr_steps = [60, 80]
+    other.solver.base_lr = 0.02
     other.model.backbone.name = "resnet101"
     other.runtime.log_interval = 5  # allowed to differ
+    other.solver.lr_steps = [60, 80]  # allowed: extending or reshaping the schedule on resume
+    other.solver.epochs = 120
     with pytest.raises(ck.CheckpointError) as e:
         ck.check_compatible(ckpt, other, "x.pth")
     msg = str(e.value)
-    assert "solver.lr_steps" in msg and "model.backbone.name" in msg and "resnet101" in msg
-    assert "runtime.log_interval" not in msg
+    assert "solver.base_lr" in msg and "model.backbone.name" in msg and "resnet101" in msg
+    assert "runtime.log_interval" not in msg and "solver.lr_steps" not in msg and "solver.epochs" not in msg
     ck.check_compatible(ckpt, cfg, "x.pth")  # same config: fine
 
 
@@ -79,15 +81,91 @@ def test_checkpoint_from_older_version_is_refused():
         ck.check_compatible(ckpt, Config(), "old.pth")
 
 
-def test_load_model_weights_reports_keys(tmp_path):
+def test_load_model_weights_strict_reports_keys(tmp_path):
     src = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
     torch.save({"model": src.state_dict()}, tmp_path / "w.pth")
     dst = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
-    ck.load_model_weights(dst, tmp_path / "w.pth")
+    assert ck.load_model_weights(dst, tmp_path / "w.pth", strict=True) == []
     assert torch.equal(dst[0].weight, src[0].weight)
-    wrong = torch.nn.Sequential(torch.nn.Linear(2, 4))
-    with pytest.raises(ck.CheckpointError, match="0.weight"):
-        ck.load_model_weights(wrong, tmp_path / "w.pth")
+    wrong = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 2))
+    with pytest.raises(ck.CheckpointError, match="1.weight"):
+        ck.load_model_weights(wrong, tmp_path / "w.pth", strict=True)
     fewer = torch.nn.Sequential(torch.nn.Linear(2, 3))
-    with pytest.raises(ck.CheckpointError, match="unexpected keys: \\['1.weight'"):
-        ck.load_model_weights(fewer, tmp_path / "w.pth")
+    with pytest.raises(ck.CheckpointError, match="unexpected"):
+        ck.load_model_weights(fewer, tmp_path / "w.pth", strict=True)
+
+
+def test_load_model_weights_fine_tune_skips_what_does_not_fit(tmp_path, caplog):
+    """Another class count: every tensor whose name and shape match is loaded, the class logits are skipped."""
+    src = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 80))
+    torch.save({"model": src.state_dict()}, tmp_path / "w.pth")
+    torch.manual_seed(1)
+    dst = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 4))
+    init_head = dst[1].weight.detach().clone()
+    skipped = ck.load_model_weights(dst, tmp_path / "w.pth")
+    assert skipped == ["1.weight", "1.bias"]
+    assert torch.equal(dst[0].weight, src[0].weight) and torch.equal(dst[1].weight, init_head)
+    assert "skipped 2 tensor(s) whose shape differs" in caplog.text and "(80, 3)" in caplog.text
+    unrelated = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1))
+    with pytest.raises(ck.CheckpointError, match="no tensor fits"):
+        ck.load_model_weights(unrelated, tmp_path / "w.pth")
+
+
+def test_checksum_catches_flipped_bytes_and_nonfinite_weights_are_refused(tmp_path):
+    path = tmp_path / "last.pth"
+    ck.atomic_save({"model": {"w": torch.arange(4096, dtype=torch.float32)}, "epoch": 3}, path)
+    assert ck.safe_load(path)["epoch"] == 3
+    raw = bytearray(path.read_bytes())
+    start = raw.find(torch.arange(4096, dtype=torch.float32).numpy().tobytes()[4000:4016])
+    assert start > 0
+    raw[start + 3] ^= 0x7F  # corrupt one byte of the tensor data, leaving the zip structure intact
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ck.CheckpointError, match="corrupted: checksum mismatch"):
+        ck.safe_load(path)
+    bad = tmp_path / "nan.pth"
+    ck.atomic_save({"model": {"a": torch.ones(2), "b.weight": torch.tensor([1.0, float("nan")])}}, bad)
+    with pytest.raises(ck.CheckpointError, match="non-finite values in 'b.weight'"):
+        ck.safe_load(bad)
+
+
+def test_disk_full_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    ck.atomic_save({"epoch": 1}, path)
+
+    def full_disk(obj, f):  # what torch.save raises when the disk fills up mid-write
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 2048 vs 1960")
+
+    monkeypatch.setattr(ck.torch, "save", full_disk)
+    with pytest.raises(ck.DiskError, match="cannot write .*last.pth: disk full") as e:
+        ck.atomic_save({"epoch": 2}, path)
+    assert "\n" not in str(e.value)
+    monkeypatch.undo()
+    assert ck.safe_load(path)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_checkpoints_get_the_umask_permissions_and_stale_temp_files_go(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        ck.atomic_save({"epoch": 1}, tmp_path / "last.pth")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "last.pth").stat().st_mode & 0o777 == 0o644
+    stale = [tmp_path / ".last.pth.abc123.tmp", tmp_path / ".epoch_010.pth.x.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    keep = tmp_path / ".hidden_notes.txt"
+    keep.write_text("not ours")
+    assert sorted(ck.remove_stale_temp_files(tmp_path)) == sorted(stale)
+    assert keep.exists() and (tmp_path / "last.pth").exists()
+
+
+def test_resume_refuses_another_total_batch_and_accepts_the_same_one():
+    cfg = Config()
+    ckpt = _training_ckpt(cfg)  # 1 process x 8 images
+    two = Config()
+    two.data.batch_size = 4
+    ck.check_total_batch(ckpt, two, 2, "x.pth")  # 2 x 4 = 8: the same global order continues
+    with pytest.raises(ck.CheckpointError, match="data.batch_size=4 on 2 process"):
+        ck.check_total_batch(ckpt, cfg, 2, "x.pth")
