@@ -6,8 +6,8 @@ decode-only and the full pipeline, and (2) the training loader with N workers (b
 the first batch, which pays for worker start-up, excluded). Defaults: ../shared/datasets/bccd train
 split at 512x512.
 
-    python scripts/benchmark_data.py                       # BCCD, 2 workers
-    python scripts/benchmark_data.py --root /data/coco --ann annotations/instances_val2017.json \
+    python -m scripts.benchmark_data                       # BCCD, 2 workers
+    python -m scripts.benchmark_data --root /data/coco --ann annotations/instances_val2017.json \
         --images val2017 --workers 8 --size 800
 """
 from __future__ import annotations
@@ -19,11 +19,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from data.build import build_dataset, build_train_loader  # noqa: E402
-from data.coco import CocoDetection  # noqa: E402
-from detector.config import DataCfg  # noqa: E402
+from data.build import build_dataset, build_train_loader
+from data.coco import CocoDetection
+from detector.config import DataCfg
 
 _SHARED = Path(os.environ.get("ALRP_SHARED_DIR", REPO.parent / "shared"))
 
@@ -58,7 +56,8 @@ def with_loader(ds: CocoDetection, cfg: DataCfg, batches: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Benchmark the training data pipeline (images/s).")
+    p = argparse.ArgumentParser(prog="python -m scripts.benchmark_data", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=str(_SHARED / "datasets" / "bccd"), help="dataset folder (default: BCCD)")
     p.add_argument("--ann", default="annotations/instances_train.json", help="annotation json under --root")
     p.add_argument("--images", default="images", help="image folder under --root")

@@ -5,22 +5,18 @@ Same model (RetinaNet R-50 + ATSS, 80 classes, random init), same batch (default
 few random boxes each), same optimiser; the two variants are timed in alternation so machine noise hits both.
 An iteration is forward + loss + backward + SGD step.
 
-    python scripts/benchmark_train_step.py [--config CONFIG] [--batch 2] [--size 512] [--iters 5] [--threads N]
+    python -m scripts.benchmark_train_step [--config CONFIG] [--batch 2] [--size 512] [--iters 5] [--threads N]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from detector.build import build_model  # noqa: E402
-from detector.config import load_config  # noqa: E402
+from detector.build import build_model
+from detector.config import load_config
 
 
 def make_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> tuple[torch.Tensor, list[dict]]:
@@ -39,7 +35,8 @@ def make_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> tuple[
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.benchmark_train_step", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/alrp_retinanet_r50_atss_500.yaml")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--size", type=int, default=512)

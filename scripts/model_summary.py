@@ -1,6 +1,7 @@
 """Parameter counts and output shapes of the detector of one or more configs.
 
-    python scripts/model_summary.py --config configs/X.yaml [--size 512] [--set key=value ...] [--table]
+    python -m scripts.model_summary --config configs/default.yaml [--size 512] [--set key=value ...]
+    python -m scripts.model_summary --table --config configs/*.yaml
 
 The model is built with random init (``model.backbone.weights`` is set to null: the summary needs no
 download). ``--table`` prints one markdown row per config instead of the detailed report.
@@ -8,16 +9,12 @@ download). ``--table`` prints one markdown row per config instead of the detaile
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from detector.build import build_model  # noqa: E402
-from detector.config import load_config  # noqa: E402
+from detector.build import build_model
+from detector.config import load_config
 
 
 def count(module: nn.Module) -> tuple[int, int]:
@@ -57,7 +54,8 @@ def print_report(s: dict, size: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m scripts.model_summary", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", nargs="+", required=True, help="config file(s)")
     ap.add_argument("--size", type=int, default=512, help="square input size for the output shapes")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")

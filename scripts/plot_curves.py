@@ -2,7 +2,7 @@
 """Training curves (loss and validation AP over time) of one or more runs, and a markdown table of their last
 evaluation, read from each run's metrics.jsonl.
 
-    python scripts/plot_curves.py checkpoints/bccd_alrp_r18 checkpoints/bccd_focal_r18 --out docs/bccd_curves.png
+    python -m scripts.plot_curves checkpoints/bccd_alrp_r18 checkpoints/bccd_focal_r18 --out docs/bccd_curves.png
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def read_rows(run: Path) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.plot_curves", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="training output directories")
     p.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
     args = p.parse_args()

@@ -12,7 +12,7 @@ Conventions:
 * ``file_name`` is relative to the image folder (JPEGImages by default); use it as the image dir.
 
 Example:
-    python scripts/voc_to_coco.py /data/VOC2007 --split trainval --out /data/VOC2007/instances_trainval.json
+    python -m scripts.voc_to_coco /data/VOC2007 --split trainval --out /data/VOC2007/instances_trainval.json
 then train with ``data.root=/data/VOC2007 data.train_ann=instances_trainval.json data.train_images=JPEGImages``.
 """
 from __future__ import annotations
@@ -113,7 +113,8 @@ def convert_voc(voc_root: str | Path, split: str, classes: list[str] | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Convert a Pascal VOC folder to a COCO instances json.")
+    p = argparse.ArgumentParser(prog="python -m scripts.voc_to_coco", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("voc_root", help="folder with Annotations/, JPEGImages/ and ImageSets/Main/")
     p.add_argument("--split", default="trainval", help="name of ImageSets/Main/<split>.txt (default: trainval)")
     p.add_argument("--out", required=True, help="output json path")
