@@ -41,6 +41,7 @@ from .engine import move_targets, run_inference, scalar_stats
 from .errors import EXIT_OK, EXIT_PREEMPTED, DataError, NonFiniteLossError
 from .fuse import fuse_for_inference
 from .logger import MetricsWriter, progress_enabled
+from .losses import ddp_loss_scale
 from .solver import (build_optimizer, build_scheduler, effective_lr, resolve_schedule, schedule_summary,
                      schedule_warnings)
 
@@ -137,7 +138,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp)
         # DDP averages gradients over ranks; with a batch-global ranking every rank's loss already is the global
         # loss (its gradient reaching only local inputs), so the sum over ranks is what one big process computes.
-        self.loss_scale = float(self.world_size) if cfg.loss.rank_scope == "global" and self.world_size > 1 else 1.0
+        self.loss_scale = ddp_loss_scale(cfg.loss.rank_scope)
         if resume_from is not None:
             ckpt = resume(resume_from, model, self.optimizer, self.scheduler, self.scaler, cfg, self.world_size)
             self.state = TrainState(epoch=ckpt["epoch"], iter_in_epoch=ckpt["iter_in_epoch"],
