@@ -2,9 +2,7 @@
 """Train a detector from a YAML config (single process, or DDP under torchrun).
 
     python train.py                                   # the built-in default: small aLRP detector on 'shapes'
-    python train.py --config configs/alrp_retinanet_r50_atss_500.yaml data.root=/data/coco
-    torchrun --nproc_per_node=4 train.py --config CONFIG          # 4 GPUs, one node
-    python train.py --config CONFIG --resume                       # continue from OUTPUT_DIR/last.pth (if any)
+    torchrun --nproc_per_node=4 train.py --config configs/alrp_retinanet_r50_atss_500.yaml --resume
 
 Exit codes: 0 finished, 75 stopped by SIGTERM/SIGINT after saving last.pth (resume with --resume), 2 config or
 command line, 3 data, 4 checkpoint, 5 disk/permission, 6 non-finite loss, 1 crash (see log.txt).
@@ -46,9 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv, resume = split_resume(argv)
     args = p.parse_intermixed_args(argv)
     args.resume = resume
-    extra = [f"runtime.seed={args.seed}"] * (args.seed is not None) + [f"runtime.device={args.device}"] * bool(
-        args.device) + ["runtime.amp=true"] * args.amp
-    args.cfg = load_config(args.config, list(args.overrides) + extra)
+    args.cfg = load_config(args.config, list(args.overrides) + [f"runtime.seed={args.seed}"] * (args.seed is not None)
+                           + [f"runtime.device={args.device}"] * bool(args.device) + ["runtime.amp=true"] * args.amp)
     if args.eval_only and not (args.resume or args.cfg.model.weights):
         raise ConfigError("--eval-only needs weights: pass --resume [CKPT] or model.weights=PATH")
     return args
@@ -92,9 +89,5 @@ def run(argv: list[str] | None = None):
         du.cleanup()
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(argv)[0]
-
-
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(lambda: run()[0])
