@@ -1,20 +1,22 @@
 """Box helpers and the delta-xywh box coder.
 
 Convention: boxes are absolute ``xyxy`` pixels, float32, with no ``+1`` (mmdet 2.x / torchvision).
-Pairwise IoU, GIoU and clipping come from ``torchvision.ops``; this module adds box centres and the
-normalised delta coder of SPEC §2.2 / §5.
+Pairwise IoU, GIoU and clipping come from ``torchvision.ops``; this module adds box centres, the declared
+:class:`BoxCoder` interface and the normalised delta coder of docs/REPRODUCTION.md §2.2 / §5.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou, generalized_box_iou
 from torchvision.ops import clip_boxes_to_image as clip_boxes  # (..., 4) xyxy, size = (h, w)
 
-__all__ = ["box_iou", "generalized_box_iou", "box_centers", "clip_boxes", "rescale_boxes", "DeltaXYWHCoder",
-           "MAX_LOG_RATIO"]
+__all__ = ["box_iou", "generalized_box_iou", "box_centers", "clip_boxes", "rescale_boxes", "BoxCoder",
+           "DeltaXYWHCoder", "MAX_LOG_RATIO"]
 
 # |ln(16/1000)|: the largest |dw|, |dh| accepted when decoding (mmdet's wh_ratio_clip = 16/1000).
 MAX_LOG_RATIO = abs(math.log(16.0 / 1000.0))
@@ -30,12 +32,37 @@ def rescale_boxes(boxes: Tensor, sx: float, sy: float) -> Tensor:
     return torch.stack([boxes[:, 0] / sx, boxes[:, 1] / sy, boxes[:, 2] / sx, boxes[:, 3] / sy], dim=1)
 
 
+@runtime_checkable
+class BoxCoder(Protocol):
+    """Declared interface of a dense detector's box parametrisation (all tensors (n, 4), rows paired).
+
+    - ``encode(priors, boxes)``: xyxy gt boxes -> the regression targets of their priors;
+    - ``decode(priors, preds, max_shape=None)``: regression outputs -> xyxy boxes, clipped to (h, w) if given;
+    - ``unit_deltas(preds, stds)``: the same boxes as normalised deltas around a unit anchor centred at 0 (stds
+      ``stds``, means 0), which is what a criterion with ``measures_giou`` decodes (GIoU is invariant to the
+      anchor's translation and per-axis scale, so nothing about the prior is needed); ``unit_anchor_deltas`` says
+      whether ``unit_deltas`` is the identity (the detector then skips it).
+    """
+
+    unit_anchor_deltas: bool
+
+    def encode(self, priors: Tensor, boxes: Tensor) -> Tensor: ...
+
+    def decode(self, priors: Tensor, preds: Tensor, max_shape: tuple[int, int] | None = None) -> Tensor: ...
+
+    def unit_deltas(self, preds: Tensor, stds: Sequence[float]) -> Tensor: ...
+
+
 class DeltaXYWHCoder:
     """Encode boxes as normalised (dx, dy, dw, dh) deltas against reference boxes (anchors), and back.
 
     ``dx = (gx - px) / pw``, ``dw = log(gw / pw)``, then ``(delta - means) / stds``. Decoding clamps
-    ``dw, dh`` to ``±max_log_ratio`` so ``exp`` cannot overflow (SPEC §2.2).
+    ``dw, dh`` to ``±max_log_ratio`` so ``exp`` cannot overflow (docs/REPRODUCTION.md §2.2). Its outputs are
+    already unit-anchor deltas (``unit_anchor_deltas``) when the criterion uses the same stds (one config key,
+    ``model.coder_stds``, sets both).
     """
+
+    unit_anchor_deltas = True
 
     def __init__(self, stds: tuple[float, ...] | list[float] = (0.1, 0.1, 0.2, 0.2),
                  means: tuple[float, ...] | list[float] = (0.0, 0.0, 0.0, 0.0),
@@ -80,3 +107,7 @@ class DeltaXYWHCoder:
         if max_shape is not None:
             boxes = clip_boxes(boxes, max_shape)
         return boxes
+
+    def unit_deltas(self, preds: Tensor, stds: Sequence[float]) -> Tensor:
+        """The deltas themselves: decoding them around a unit anchor gives the box up to translation and scale."""
+        return preds

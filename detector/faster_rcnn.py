@@ -1,4 +1,4 @@
-"""Faster R-CNN with FPN (SPEC §4.2, §5): glue, the two stages' losses, and the builder from ``cfg.model``.
+"""Faster R-CNN with FPN (docs/REPRODUCTION.md §4.2, §5): glue, the two stages' losses, and the builder.
 
 Backbone C2-C5 -> FPN P2-P5 (``detector.fpn.FPN`` without extra convs) + P6 = stride-2 max-pool of P5 ->
 RPN on P2-P6 -> proposals -> RoIAlign on P2-P5 -> shared 2-fc head. Two losses (``loss.type``):
@@ -8,10 +8,13 @@ RPN on P2-P6 -> proposals -> RoIAlign on P2-P5 -> shared 2-fc head. Two losses (
   the number of samples of the batch, as mmdet's ``avg_factor``.
 - ``alrp``: aLRP over all anchors of the batch for the RPN (the Function's ``weight`` = ``rpn.loss_weight``,
   E = (1 - GIoU) / (2 (1 - rpn.pos_iou)), localisation x weight x its own SB) and over all RoIs x K classes
-  for the RoI head (sigmoid, E = 1 - GIoU of the class-specific decoded box and its gt, its own SB).
+  for the RoI head (sigmoid, E = 1 - GIoU of the class-specific decoded box and its gt, its own SB); both through
+  :func:`detector.losses.self_balanced_alrp`, the wiring every detector shares. Each stage hands it a ranking
+  pool as in :mod:`detector.losses.criterion`: flat logits, targets in {1, 0, -1}, the positives' E values.
 
-The SB modules live in ``model.criterion`` (checkpointed buffers); ``criterion.set_period`` and the balance
-hook (``track_balance`` / ``last_balance``, of the RoI head's aLRP logits) are what the trainer uses.
+The SB modules live in ``model.criterion`` (checkpointed buffers, ``criterion.rpn_sb`` / ``criterion.roi_sb``);
+it implements :class:`detector.losses.CriterionHooks` (``set_period``, ``track_balance`` / ``last_balance`` of the
+RoI head's aLRP logits, ``consolidate``), which is what the trainer uses.
 """
 from __future__ import annotations
 
@@ -26,18 +29,18 @@ from detector.anchors import AnchorGenerator
 from detector.backbone import ResNetBackbone
 from detector.box_ops import DeltaXYWHCoder
 from detector.config import LossCfg, ModelCfg
+from detector.dense import check_target
+from detector.errors import ConfigError
 from detector.fpn import FPN
-from detector.losses import SelfBalance, alrp_loss, giou_errors
-from detector.losses.basic import GIOU_EPS
-from detector.losses.criterion import _Criterion
-from detector.retinanet import _check_target
+from detector.losses import GIOU_EPS, Criterion, SelfBalance, giou_errors, self_balanced_alrp
 from detector.roi_head import RoIHead, Shared2FCHead
 from detector.rpn import RPN, RPNHead
 
-__all__ = ["FasterRCNN", "FasterRCNNCriterion", "build_faster_rcnn", "LOSS_TYPES", "REG_TYPES"]
+__all__ = ["FasterRCNN", "FasterRCNNCriterion", "build_faster_rcnn", "STAGE_LOSSES", "ROI_REG_TYPES"]
 
-LOSS_TYPES = ("alrp", "ce")
-REG_TYPES = ("l1", "giou")  # the baseline's RoI regression loss
+# the loss.type values Faster R-CNN implements on its two stages: aLRP, or the cross-entropy baseline ("ce")
+STAGE_LOSSES = ("alrp", "ce")
+ROI_REG_TYPES = ("l1", "giou")  # loss.reg of the baseline's RoI regression
 
 
 def _decoded_giou_errors(coder: DeltaXYWHCoder, rois: Tensor, deltas: Tensor, gt: Tensor) -> Tensor:
@@ -47,35 +50,35 @@ def _decoded_giou_errors(coder: DeltaXYWHCoder, rois: Tensor, deltas: Tensor, gt
         return generalized_box_iou_loss(boxes, gt.float(), reduction="none", eps=GIOU_EPS)
 
 
-class FasterRCNNCriterion(_Criterion):
+class FasterRCNNCriterion(Criterion):
     """Losses of both stages; owns the two self-balance modules of the aLRP variant.
 
     ``rpn(...)`` returns ``loss_rpn_cls``, ``loss_rpn_box``; ``roi(...)`` returns ``loss_cls``, ``loss_box``;
     both add detached statistics. With zero positives every loss is 0 and still connected to the graph.
+    ``rank_scope`` ``global`` (aLRP only) ranks each stage's pool over every rank's batch.
     """
 
     def __init__(self, loss_type: str, rpn_coder: DeltaXYWHCoder, roi_coder: DeltaXYWHCoder, *, delta: float = 1.0,
                  eps: float = 1e-5, sb_init: float = 50.0, sb_period: int = 0, rpn_weight: float = 0.2,
-                 rpn_pos_iou: float = 0.7, reg: str = "l1", reg_weight: float = 1.0) -> None:
-        super().__init__()
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"config key 'loss.type': faster_rcnn supports {LOSS_TYPES}, got '{loss_type}'")
-        if loss_type == "ce" and reg not in REG_TYPES:
-            raise ValueError(f"config key 'loss.reg': faster_rcnn with loss.type=ce supports {REG_TYPES}, got '{reg}'")
+                 rpn_pos_iou: float = 0.7, reg: str = "l1", reg_weight: float = 1.0,
+                 rank_scope: str = "device") -> None:
+        super().__init__(rank_scope)
+        if loss_type not in STAGE_LOSSES:
+            raise ConfigError(f"config key 'loss.type': faster_rcnn supports {STAGE_LOSSES}, got '{loss_type}'")
+        if loss_type == "ce" and reg not in ROI_REG_TYPES:
+            raise ConfigError(f"config key 'loss.reg': faster_rcnn with loss.type=ce supports {ROI_REG_TYPES}, "
+                              f"got '{reg}'")
+        if loss_type == "ce" and rank_scope != "device":
+            raise ConfigError("config key 'loss.rank_scope': the cross-entropy baseline is not a ranking loss; only "
+                              f"'device' applies (got {rank_scope!r})")
         if not rpn_pos_iou < 1.0:
-            raise ValueError(f"config key 'model.rpn.pos_iou' must be < 1 (it scales the RPN's E), got {rpn_pos_iou}")
+            raise ConfigError(f"config key 'model.rpn.pos_iou' must be < 1 (it scales the RPN's E), got {rpn_pos_iou}")
         self.loss_type, self.rpn_coder, self.roi_coder = loss_type, rpn_coder, roi_coder
         self.delta, self.eps, self.rpn_weight, self.reg, self.reg_weight = delta, eps, rpn_weight, reg, reg_weight
         self.rpn_e_scale = 1.0 / (2.0 * (1.0 - rpn_pos_iou))
-        self.fixed_period = sb_period > 0
         if loss_type == "alrp":
             self.rpn_sb = SelfBalance(sb_init, sb_period)
             self.roi_sb = SelfBalance(sb_init, sb_period)
-
-    def set_period(self, period: int) -> None:
-        if self.loss_type == "alrp" and not self.fixed_period:
-            self.rpn_sb.set_period(period)
-            self.roi_sb.set_period(period)
 
     def rpn(self, logits: Tensor, labels: Tensor, pos_pred: Tensor, pos_target: Tensor) -> dict[str, Tensor]:
         """logits, labels (M,) with labels in {1, 0, -1}; deltas of the positives (P, 4) in ``labels == 1`` order."""
@@ -89,10 +92,9 @@ class FasterRCNNCriterion(_Criterion):
                 box = F.l1_loss(pos_pred.float(), pos_target.float(), reduction="sum") / num
             return {"loss_rpn_cls": cls, "loss_rpn_box": box, **stats}
         errors = giou_errors(pos_pred, pos_target, self.rpn_coder.stds) * self.rpn_e_scale  # (P,) in [0, 3.33]
-        cls, loc = alrp_loss(logits, labels, errors, self.delta, self.eps, weight=self.rpn_weight)
-        loc = loc * self.rpn_weight
-        weight = self.rpn_sb(cls, loc, num_pos > 0)
-        return {"loss_rpn_cls": cls, "loss_rpn_box": weight.to(loc.dtype) * loc, "rpn_sb_weight": weight, **stats}
+        t = self_balanced_alrp(self.rpn_sb, logits, labels, errors, delta=self.delta, eps=self.eps,
+                               weight=self.rpn_weight, group=self.group())
+        return {"loss_rpn_cls": t.cls, "loss_rpn_box": t.loc, "rpn_sb_weight": t.sb_weight, **stats}
 
     def roi(self, logits: Tensor, labels: Tensor, pos_deltas: Tensor, pos_rois: Tensor,
             pos_gt: Tensor) -> dict[str, Tensor]:
@@ -114,11 +116,11 @@ class FasterRCNNCriterion(_Criterion):
         targets = torch.zeros((num_rois, k + 1), dtype=torch.float32, device=logits.device)  # (R, K+1)
         targets[torch.arange(num_rois, device=logits.device), labels] = 1.0
         flat_logits, flat_targets = logits.reshape(-1), targets[:, :k].reshape(-1)  # RoI-major, RoI * K + class
-        self._watch(flat_logits, flat_targets)
+        self.watch(flat_logits, flat_targets)
         errors = _decoded_giou_errors(self.roi_coder, pos_rois, pos_deltas, pos_gt)  # (P,) E = 1 - GIoU
-        cls, loc = alrp_loss(flat_logits, flat_targets, errors, self.delta, self.eps)
-        weight = self.roi_sb(cls, loc, num_pos > 0)
-        return {"loss_cls": cls, "loss_box": weight.to(loc.dtype) * loc, "sb_weight": weight, **stats}
+        t = self_balanced_alrp(self.roi_sb, flat_logits, flat_targets, errors, delta=self.delta, eps=self.eps,
+                               group=self.group())
+        return {"loss_cls": t.cls, "loss_box": t.loc, "sb_weight": t.sb_weight, **stats}
 
 
 class FasterRCNN(nn.Module):
@@ -174,7 +176,7 @@ class FasterRCNN(nn.Module):
     def _gt(self, targets: Sequence[dict], device: torch.device) -> tuple[list[Tensor], list[Tensor]]:
         boxes, labels = [], []
         for i, t in enumerate(targets):
-            _check_target(t["boxes"], t["labels"], self.num_classes, t.get("image_id", i))
+            check_target(t["boxes"], t["labels"], self.num_classes, t.get("image_id", i))
             boxes.append(t["boxes"].to(device, torch.float32, non_blocking=True))
             labels.append(t["labels"].to(device, torch.long, non_blocking=True))
         return boxes, labels
@@ -185,17 +187,18 @@ def build_faster_rcnn(cfg: ModelCfg, loss: LossCfg) -> FasterRCNN:
     ``cfg.loss`` (``type`` alrp | ce; ``reg`` l1 | giou and ``reg_weight`` for ce)."""
     r, o, b, t = cfg.rpn, cfg.roi, cfg.backbone, cfg.test
     if len(r.anchor_scales) != 1:
-        raise ValueError(f"model.rpn.anchor_scales: one scale per level is supported (the paper's [8]), "
+        raise ConfigError(f"model.rpn.anchor_scales: one scale per level is supported (the paper's [8]), "
                          f"got {r.anchor_scales}")
     num_fpn = 4  # P2-P5 from C2-C5; levels above are max-pools
     expected = [4 * 2 ** i for i in range(max(len(r.anchor_strides), num_fpn))]
     if list(r.anchor_strides) != expected:
-        raise ValueError(f"model.rpn.anchor_strides must be {expected} (P2-P5, then max-pooled levels), "
+        raise ConfigError(f"model.rpn.anchor_strides must be {expected} (P2-P5, then max-pooled levels), "
                          f"got {r.anchor_strides}")
     rpn_coder, roi_coder = DeltaXYWHCoder(r.coder_stds), DeltaXYWHCoder(o.coder_stds)
     criterion = FasterRCNNCriterion(loss.type, rpn_coder, roi_coder, delta=loss.delta, eps=loss.eps,
                                     sb_init=loss.sb_init, sb_period=loss.sb_period, rpn_weight=r.loss_weight,
-                                    rpn_pos_iou=r.pos_iou, reg=loss.reg, reg_weight=loss.reg_weight)
+                                    rpn_pos_iou=r.pos_iou, reg=loss.reg, reg_weight=loss.reg_weight,
+                                    rank_scope=loss.rank_scope)
     backbone = ResNetBackbone(name=b.name, weights=b.weights, frozen_stages=b.frozen_stages, norm_eval=b.norm_eval,
                               dcn_stages=b.dcn_stages, out_stages=(1, 2, 3, 4))
     fpn = FPN(backbone.out_channels, cfg.fpn.out_channels, num_extra=0)

@@ -1,8 +1,9 @@
-"""FoveaBox (Kong et al. 2020) as an anchor-free detector on RetinaNet's glue (SPEC §4.1, §5; paper §5.4).
+"""FoveaBox (Kong et al. 2020): a dense detector with its own priors, assigner and coder (docs/REPRODUCTION.md §4.1,
+§5; paper §5.4).
 
-FoveaBox differs from RetinaNet only in its priors, its assignment and its box parametrisation, so it *is* a
-:class:`~detector.retinanet.RetinaNet` built from these parts (backbone, FPN P3-P7, the two 4-conv towers with
-one prior per location, the flat ranking layout, the losses and the inference are shared):
+FoveaBox differs from RetinaNet only in its priors, its assignment and its box parametrisation, so it is the
+dense glue of :mod:`detector.dense` with these parts (:func:`fovea_parts`; backbone, FPN P3-P7, the two 4-conv
+towers with one prior per location, the flat ranking layout, the losses and the inference are shared):
 
 - :class:`FoveaPriors`: one prior per feature cell, the square of half-side ``base_len`` centred at the cell
   centre ``stride * (x + 0.5, y + 0.5)`` (mmdet 2.x ``FoveaHead.get_points``).
@@ -12,9 +13,9 @@ one prior per location, the flat ranking layout, the losses and the inference ar
 - :class:`FoveaCoder`: a box is the log of the distances from the prior's point to its left, top, right and
   bottom sides in units of ``base_len``, each clamped to [1/16, 16] first; decoding is
   ``point ∓ base_len * exp(pred)``.
-- With a GIoU criterion (aLRP, or ``loss.reg: giou``) :class:`GIoUBoxAdapter` turns the log distances into the
-  normalised deltas of the same box around a unit anchor, which the shared criteria decode for GIoU; Smooth L1
-  (Focal and AP baselines, beta 0.11) works on the log distances themselves, as in the release.
+- A criterion that measures GIoU (aLRP, or ``loss.reg: giou``) gets :meth:`FoveaCoder.unit_deltas` of the log
+  distances: the normalised deltas of the same box around a unit anchor, which the shared criteria decode for
+  GIoU; Smooth L1 (Focal and AP baselines, beta 0.11) works on the log distances themselves, as in the release.
 
 Deviations from the release, on purpose: zero-positive batches give zero losses (the release's aLRP fovea head
 raises a TypeError there); GIoU is computed per positive with its own stride and base length (the release mixes
@@ -23,21 +24,19 @@ diverging prediction cannot produce an infinite box; boxes are clipped to [0, w]
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from detector.anchors import AnchorGenerator
-from detector.assigners import BACKGROUND
+from detector.assigners import BACKGROUND, Assignment, Predictions, StaticAssigner
 from detector.box_ops import MAX_LOG_RATIO, box_centers, clip_boxes
 from detector.config import ModelCfg
-from detector.losses import ALRPCriterion
-from detector.retinanet import RetinaNet
+from detector.dense import DenseDetector, DenseParts
 
 __all__ = ["FoveaPriors", "fovea_assign", "FoveaAssigner", "FoveaCoder", "log_distances_to_unit_deltas",
-           "measures_giou", "GIoUBoxAdapter", "FoveaBox", "build_fovea"]
+           "FoveaBox", "fovea_parts"]
 
 
 class FoveaPriors(AnchorGenerator):
@@ -110,8 +109,8 @@ def fovea_assign(priors: Tensor, num_level_priors: Sequence[int], gt_boxes: Tens
     return assigned
 
 
-class FoveaAssigner:
-    """Callable wrapper of :func:`fovea_assign` with the common assigner signature."""
+class FoveaAssigner(StaticAssigner):
+    """:func:`fovea_assign` as an :class:`~detector.assigners.Assigner` (no quality measure)."""
 
     def __init__(self, strides: Sequence[int], scale_ranges: Sequence[Sequence[float]], sigma: float = 0.4) -> None:
         if len(scale_ranges) != len(strides) or any(len(r) != 2 or not 0 <= r[0] <= r[1] for r in scale_ranges):
@@ -123,8 +122,10 @@ class FoveaAssigner:
         self.scale_ranges = [(float(lo), float(hi)) for lo, hi in scale_ranges]
         self.sigma = float(sigma)
 
-    def __call__(self, priors: Tensor, num_level_priors: Sequence[int], gt_boxes: Tensor) -> Tensor:
-        return fovea_assign(priors, num_level_priors, gt_boxes, self.strides, self.scale_ranges, self.sigma)
+    def assign(self, priors: Tensor, num_level_priors: Sequence[int], gt_boxes: Tensor, gt_labels: Tensor,
+               predictions: Predictions | None = None) -> Assignment:
+        return Assignment(fovea_assign(priors, num_level_priors, gt_boxes, self.strides, self.scale_ranges,
+                                       self.sigma))
 
 
 class FoveaCoder:
@@ -132,8 +133,11 @@ class FoveaCoder:
 
     The point is the prior's centre and the base length its half-side. ``encode`` clamps the ratios to
     ``[min_ratio, max_ratio]`` before the log (the release: [1/16, 16]); ``decode`` clamps the exponents to
-    ``±max_log`` so that no box is infinite.
+    ``±max_log`` so that no box is infinite. Its outputs are not unit-anchor deltas: :meth:`unit_deltas`
+    converts them for GIoU criteria.
     """
+
+    unit_anchor_deltas = False
 
     def __init__(self, min_ratio: float = 1.0 / 16, max_ratio: float = 16.0, max_log: float = MAX_LOG_RATIO) -> None:
         if not 0 < min_ratio <= max_ratio:
@@ -157,6 +161,10 @@ class FoveaCoder:
         boxes = torch.cat([point - dist[:, :2], point + dist[:, 2:]], dim=1)
         return clip_boxes(boxes, max_shape) if max_shape is not None else boxes
 
+    def unit_deltas(self, preds: Tensor, stds: Sequence[float]) -> Tensor:
+        """(P, 4) log distances -> normalised unit-anchor deltas (:func:`log_distances_to_unit_deltas`)."""
+        return log_distances_to_unit_deltas(preds, stds, self.max_log)
+
 
 def log_distances_to_unit_deltas(log_dist: Tensor, stds: Sequence[float], max_log: float = MAX_LOG_RATIO) -> Tensor:
     """(P, 4) fovea log distances -> (P, 4) normalised deltas of the same box around a unit anchor at the origin.
@@ -173,64 +181,16 @@ def log_distances_to_unit_deltas(log_dist: Tensor, stds: Sequence[float], max_lo
     return torch.stack([c / s for c, s in zip(cols, stds)], dim=1)  # float stds: no host-to-device copy
 
 
-def measures_giou(criterion: nn.Module) -> bool:
-    """Whether a criterion of ``build_criterion`` decodes its box inputs for GIoU (aLRP, or ``loss.reg: giou``)."""
-    reg = getattr(criterion, "reg", None)
-    return isinstance(criterion, ALRPCriterion) or getattr(reg, "kind", None) == "giou"
-
-
-class GIoUBoxAdapter(nn.Module):
-    """Feeds fovea log distances to a GIoU criterion as unit-anchor deltas; otherwise behaves as that criterion.
-
-    ``set_period``, ``track_balance`` and ``last_balance`` reach the wrapped criterion, whose state (the SB
-    buffers) stays in the model's state dict under ``criterion.inner.``.
-    """
-
-    def __init__(self, criterion: nn.Module, stds: Sequence[float]) -> None:
-        super().__init__()
-        self.inner = criterion
-        self.stds = [float(s) for s in stds]
-
-    @property
-    def track_balance(self) -> bool:
-        return self.inner.track_balance
-
-    @track_balance.setter
-    def track_balance(self, value: bool) -> None:
-        self.inner.track_balance = value
-
-    @property
-    def last_balance(self) -> tuple[Tensor, Tensor] | None:
-        return self.inner.last_balance
-
-    def set_period(self, period: int) -> None:
-        self.inner.set_period(period)
-
-    def forward(self, logits: Tensor, targets: Tensor, pos_pred: Tensor, pos_target: Tensor) -> dict[str, Tensor]:
-        return self.inner(logits, targets, log_distances_to_unit_deltas(pos_pred, self.stds),
-                          log_distances_to_unit_deltas(pos_target, self.stds))
-
-
-class FoveaBox(RetinaNet):
-    """RetinaNet's glue with FoveaBox's priors, assigner and coder (see the module docstring); one prior per cell.
+class FoveaBox(DenseDetector):
+    """The dense glue with FoveaBox's priors, assigner and coder (see the module docstring); one prior per cell.
 
     Training returns the criterion's ``loss_*`` terms plus ``num_pos`` (and ``sb_weight`` for aLRP); eval
     returns per-image ``{"boxes", "scores", "labels"}``, rescaled by the targets' ``scale_factor``.
     """
 
 
-def build_fovea(cfg: ModelCfg, criterion: nn.Module | None = None) -> FoveaBox:
-    """FoveaBox from ``cfg.model`` (strides from ``model.anchors.strides``, the rest from ``model.fovea``)."""
-    from detector.build import build_retinanet  # deferred: detector.build registers this builder
-
+def fovea_parts(cfg: ModelCfg) -> DenseParts:
+    """FoveaBox's parts from ``cfg`` (strides from ``model.anchors.strides``, the rest from ``model.fovea``)."""
     f, strides = cfg.fovea, cfg.anchors.strides
-    priors = FoveaPriors(strides, f.base_edges)
-    assigner = FoveaAssigner(strides, f.scale_ranges, f.sigma)
-    # backbone, FPN and a head of one prior per location are exactly RetinaNet's with a single anchor
-    single = dataclasses.replace(cfg, anchors=dataclasses.replace(cfg.anchors, scales_per_octave=1, ratios=[1.0]))
-    body = build_retinanet(single)
-    if criterion is not None and measures_giou(criterion):
-        criterion = GIoUBoxAdapter(criterion, cfg.coder_stds)
-    return FoveaBox(body.backbone, body.fpn, body.head, priors, assigner, FoveaCoder(), body.num_classes, criterion,
-                    nms_pre=body.nms_pre, score_thr=body.score_thr, nms_iou=body.nms_iou,
-                    max_per_img=body.max_per_img)
+    return DenseParts(priors=FoveaPriors(strides, f.base_edges), coder=FoveaCoder(),
+                      assigner=FoveaAssigner(strides, f.scale_ranges, f.sigma), model_cls=FoveaBox)

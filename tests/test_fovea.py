@@ -11,11 +11,11 @@ from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
 from detector.assigners import BACKGROUND
-from detector.build import build_model
+from detector.build import build_fovea, build_model
 from detector.config import Config, load_config
-from detector.fovea import (FoveaBox, FoveaCoder, FoveaPriors, GIoUBoxAdapter, build_fovea, fovea_assign,
-                            log_distances_to_unit_deltas)
-from detector.losses import decode_unit_anchor, giou_errors
+from detector.dense import UnitDeltaAdapter
+from detector.fovea import FoveaBox, FoveaCoder, FoveaPriors, fovea_assign, log_distances_to_unit_deltas
+from detector.losses import Criterion, decode_unit_anchor, giou_errors
 
 REPO = Path(__file__).resolve().parents[1]
 STRIDES = [8, 16, 32, 64, 128]
@@ -173,8 +173,8 @@ def test_unit_deltas_give_the_image_space_giou():
     torch.testing.assert_close(errors, image, rtol=1e-4, atol=1e-5)
 
 
-class _Record(nn.Module):
-    """Keeps the criterion inputs; a plain differentiable loss."""
+class _Record(Criterion):
+    """Keeps the criterion inputs; a plain differentiable loss on the raw log distances (measures_giou False)."""
 
     def forward(self, logits, targets, pos_pred, pos_target):
         self.inputs = (logits, targets, pos_pred, pos_target)
@@ -233,7 +233,7 @@ def test_training_layout_follows_the_fovea_targets():
 def test_losses_train_and_zero_positive_batches(loss):
     torch.manual_seed(0)
     model = build_model(_small_cfg(loss)).train()
-    assert isinstance(model.criterion, GIoUBoxAdapter) == (loss == "alrp")
+    assert isinstance(model.criterion, UnitDeltaAdapter) == (loss == "alrp")  # GIoU: unit-anchor deltas
     model.criterion.set_period(5)
     model.criterion.track_balance = True
     images, targets = _batch()

@@ -11,14 +11,15 @@ from torch import nn
 from detector.assigners import IGNORE
 from detector.box_ops import DeltaXYWHCoder
 from detector.build import build_assigner, build_model, build_retinanet
-from detector.config import Config, ModelCfg
+from detector.config import Config, ConfigError, ModelCfg
 from detector.fpn import FPN
 from detector.head import RetinaHead
+from detector.losses import Criterion
 from detector.postprocess import postprocess_detections
 
 
-class RecordingCriterion(nn.Module):
-    """A stand-in loss with the interface of detector.losses.build_criterion; keeps its inputs."""
+class RecordingCriterion(Criterion):
+    """A stand-in loss with the declared criterion interface (raw deltas); keeps its inputs."""
 
     def forward(self, logits, targets, pos_pred, pos_target):
         self.inputs = (logits, targets, pos_pred, pos_target)
@@ -250,9 +251,9 @@ def test_build_model_trains_with_each_criterion(loss):
 def test_build_errors():
     cfg = Config()
     cfg.model.type = "yolo"
-    with pytest.raises(KeyError, match="retinanet"):
+    with pytest.raises(ConfigError, match="model.type.*retinanet"):
         build_model(cfg)
     cfg = ModelCfg()
     cfg.assigner.type = "hungarian"
-    with pytest.raises(KeyError, match="atss"):
+    with pytest.raises(ConfigError, match="model.assigner.type.*atss"):
         build_assigner(cfg.assigner)

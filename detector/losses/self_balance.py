@@ -1,4 +1,5 @@
-"""Self-balancing weight of aLRP's localisation component (paper §4.2, SPEC §2.4), synchronised and checkpointed.
+"""Self-balancing weight of aLRP's localisation component (paper §4.2, docs/REPRODUCTION.md §2.4), synchronised
+and checkpointed.
 
 ``loss = cls + SB · loc``. Every ``period`` calls (one epoch: the trainer passes the loader length) the weight
 becomes ``(mean cls + mean loc) / mean loc`` over the iterations *with positives* since the last update, with the
@@ -33,6 +34,7 @@ class SelfBalance(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))  # iterations with positives
         self.register_buffer("iteration", torch.zeros((), dtype=torch.int64))  # calls since the start
         self.period = int(period)
+        self.fixed_period = self.period > 0  # ``loss.sb_period`` set: the trainer's epoch length does not apply
         self._calls = 0  # host mirror of ``iteration`` (no sync to decide when to update)
         self._warned = False
 
@@ -41,6 +43,11 @@ class SelfBalance(nn.Module):
         if period <= 0:
             raise ValueError(f"SelfBalance: the period must be > 0 iterations, got {period}")
         self.period = int(period)
+
+    def set_epoch_length(self, iters_per_epoch: int) -> None:
+        """The trainer's iterations per epoch: the period, unless a fixed period was configured."""
+        if not self.fixed_period:
+            self.set_period(iters_per_epoch)
 
     def forward(self, cls_loss: Tensor, loc_loss: Tensor, has_pos: bool) -> Tensor:
         """Record one training iteration and return the weight for its localisation loss (a detached tensor)."""

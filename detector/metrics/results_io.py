@@ -8,7 +8,6 @@ here first and reported with the file, the detection's index and the offending i
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import numbers
@@ -20,7 +19,10 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
-__all__ = ["ResultsFormatError", "load_gt", "load_results", "validate_results", "write_results", "write_zip"]
+from data.coco_index import coco_from_dict
+
+__all__ = ["ResultsFormatError", "coco_from_dict", "load_gt", "load_results", "validate_results", "write_results",
+           "write_zip"]
 
 _RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 _MAX_LISTED = 10
@@ -29,15 +31,6 @@ _MAX_LISTED = 10
 class ResultsFormatError(ValueError):
     """A results or annotation file is missing, malformed or does not fit the annotation file."""
 
-
-
-def coco_from_dict(data: dict) -> COCO:
-    """A pycocotools COCO index over an already loaded dataset dict, without its progress prints."""
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
 
 def _listed(ids: list[Any]) -> str:
     ids = sorted(ids, key=str)
