@@ -61,6 +61,9 @@ class AnchorCfg:
     scales_per_octave: int = 2
     ratios: list[float] = field(default_factory=lambda: [1.0])
     strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    sizes: list[list[float]] | None = None  # explicit sizes per level instead of the octave scales (torchvision)
+    round_base: bool = False  # round base anchors to integers (torchvision)
+    strides_from_image: bool = False  # per-axis level stride = padded image size // feature size (torchvision)
 
 
 @dataclass
@@ -89,6 +92,7 @@ class TestCfg:
     score_thr: float = 0.05
     nms_iou: float = 0.5
     max_per_img: int = 100
+    candidates: str = "anchors"  # anchors (mmdet: nms_pre best anchors per level) | pairs (torchvision: best pairs)
 
 
 @dataclass
