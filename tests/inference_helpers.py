@@ -40,8 +40,11 @@ def tiny_model(cfg: Config, seed: int = 0, class_bias: float = -1.5) -> torch.nn
 def write_checkpoint(path: Path, model: torch.nn.Module, cfg: Config, with_classes: bool = True,
                      extra: dict | None = None) -> Path:
     """A training-style checkpoint: model, config (plain dict), class names, category ids (+ optimiser state)."""
-    ckpt = {"model": model.state_dict(), "config": config_to_dict(cfg),
-            "optimizer": {"state": {}, "param_groups": []}, "epoch": 1, **(extra or {})}
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = {"state": {i: {"momentum_buffer": p.detach().clone()} for i, p in enumerate(params)},
+                 "param_groups": [{"lr": 0.01, "momentum": 0.9, "params": list(range(len(params)))}]}  # SGD's
+    ckpt = {"model": model.state_dict(), "config": config_to_dict(cfg), "optimizer": optimizer, "epoch": 1,
+            **(extra or {})}
     if with_classes:
         ckpt.update(class_names=list(CLASS_NAMES), category_ids=list(CATEGORY_IDS))
     torch.save(ckpt, path)
