@@ -65,7 +65,8 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
-def format_stats(stats: dict[str, Any], batch_size: int, world_size: int, split: str = "train") -> list[str]:
+def format_stats(stats: dict[str, Any], batch_size: int, world_size: int, drop_last: bool = True,
+                 split: str = "train") -> list[str]:
     """The log lines of :func:`dataset_summary` for a :func:`dataset_stats` dict."""
     tag = f"{split} data"
     dropped = stats["dropped"]
@@ -80,8 +81,9 @@ def format_stats(stats: dict[str, Any], batch_size: int, world_size: int, split:
     if stats["images_without_boxes"]:
         extra += (f"; {_plural(stats['images_without_boxes'], 'kept image')} with no box to learn from "
                   f"(crowd regions only, or invalid boxes)")
+    use = " to learn from" if split == "train" else ""
     lines.append(f"{tag}: {_plural(stats['annotations'], 'annotation')} in the file; the kept images hold "
-                 f"{_plural(stats['boxes'], 'box', 'boxes')} to learn from and {stats['crowd']} crowd regions "
+                 f"{_plural(stats['boxes'], 'box', 'boxes')}{use} and {stats['crowd']} crowd regions "
                  f"(ignored){extra}")
     per_class = stats["boxes_per_class"]
     present = sorted(((n, name) for name, n in per_class.items() if n > 0), key=lambda t: -t[0])
@@ -91,6 +93,10 @@ def format_stats(stats: dict[str, Any], batch_size: int, world_size: int, split:
                  + (f"; no boxes: {_names(absent)}" if absent else ""))
     procs = f" x {_plural(world_size, 'process', 'processes')}" if world_size > 1 else ""
     unused = stats["unused_per_epoch"]
+    if not drop_last:
+        lines.append(f"{tag}: {stats['images_kept']} images in {_plural(stats['iters_per_epoch'], 'batch', 'batches')}"
+                     f" of {batch_size}{procs}")
+        return lines
     unused_text = f" (drop_last: {_plural(unused, 'image')} unused in each epoch, different ones each time)"
     lines.append(f"{tag}: {stats['images_kept']} images / ({batch_size} per batch{procs}) = "
                  f"{_plural(stats['iters_per_epoch'], 'iteration')} per epoch" + (unused_text if unused else ""))
@@ -101,4 +107,4 @@ def dataset_summary(ds: Any, batch_size: int, world_size: int = 1, drop_last: bo
                     split: str = "train") -> list[str]:
     """Log lines: images listed/kept and why some were left out, boxes (per class), iterations per epoch."""
     stats = dataset_stats(ds, batch_size, world_size, drop_last)
-    return format_stats(stats, batch_size, world_size, split)
+    return format_stats(stats, batch_size, world_size, drop_last, split)
