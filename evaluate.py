@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Evaluate a detector on COCO minival, write a test-dev submission, or score an existing results file.
+"""Evaluate a detector on a labelled split, write a COCO test-dev submission, or score an existing results file.
 
-Model mode runs the test pipeline (optionally on several GPUs with torchrun; detections are gathered on rank 0):
+Model mode runs the checkpoint through ``detector.inference.Detector`` (the one definition of test-time
+preprocessing, shared with predict.py and the exported models), optionally on several GPUs with torchrun
+(detections are gathered on rank 0):
 
-    python evaluate.py --config CONFIG --checkpoint CKPT --split minival [--output-dir DIR] [--lrp grid|exact]
-    torchrun --nproc_per_node=4 evaluate.py --config CONFIG --checkpoint CKPT --split test-dev
+    python evaluate.py --checkpoint CKPT --split val [--config CONFIG] [--output-dir DIR] [--lrp grid|exact]
+    torchrun --nproc_per_node=4 evaluate.py --checkpoint CKPT --split test-dev
 
 Results-file mode scores a COCO results json without a model:
 
@@ -14,39 +16,47 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from detector.cli import run_cli
+from detector.errors import DataError
+from detector.metrics import (ResultsFormatError, evaluate_with_details, load_gt, write_reports, write_results,
+                              write_zip)
+from detector.metrics.reports import format_summary, format_table
+from detector.metrics.results_io import validate_results
 
-from detector.metrics import (ResultsFormatError, evaluate_with_details, load_gt, write_reports,  # noqa: E402
-                              write_results, write_zip)
-from detector.metrics.reports import format_summary, format_table  # noqa: E402
-from detector.metrics.results_io import validate_results  # noqa: E402
-
-SPLITS = {"minival": "val", "test-dev": "test"}
+# split name on the command line -> the config's data split (data.<split>_ann / data.<split>_images)
+SPLITS = {"val": "val", "test": "test", "minival": "val", "test-dev": "test"}
+# the split's name in results file names (COCO's server wants test-dev2017)
+_FILE_SPLIT = {"test-dev": "test-dev2017"}
 
 _EPILOG = """\
 modes:
-  model mode         --config, --checkpoint and --split are required; --ann-file/--results are not allowed.
-                     minival: writes detections_minival_<name>_results.json, metrics.json, per_class.txt/.csv and
-                     the PNG plots into the output dir and prints the summary and per-class table.
-                     test-dev: writes detections_test-dev2017_<name>_results.json and its .zip (upload the zip to
-                     the COCO evaluation server); no metrics, test-dev has no public annotations.
+  model mode         --checkpoint and --split are required; --ann-file/--results are not allowed. The checkpoint is
+                     a training checkpoint (last.pth, best.pth, epoch_XXX.pth) or a release file written by
+                     `python -m scripts.export`; both store their config, so --config is only needed to replace it
+                     (or for checkpoints written without one). key=value overrides apply to that config.
+                     splits: val and test are the config's data.val_* / data.test_* files; minival (= val) and
+                     test-dev (= test) are the COCO names. A split whose annotation file has annotations is scored:
+                     detections_<split>_<name>_results.json, metrics.json, per_class.txt/.csv and the PNG plots go
+                     into the output dir and the summary and per-class table are printed. A split without
+                     annotations (COCO test-dev) gets detections_<split>_<name>_results.json and its .zip (upload
+                     the zip to the COCO evaluation server; test-dev is named test-dev2017 there).
   results-file mode  --ann-file and --results are required; scores the file and prints the metrics. With
-                     --output-dir the same reports as minival are written there.
+                     --output-dir the same reports as a scored split are written there.
 
 metrics (fractions, not percentages): AP, AP50, AP75, AP90, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl
 (pycocotools), oLRP, oLRP_loc, oLRP_fp, oLRP_fn (optimal LRP at IoU 0.5, lower is better), rho (the aLRP
 paper's rank correlation between score and IoU of the true positives) and per_class {name: AP, oLRP, threshold,
 ...}. Undefined values are null.
 
+exit codes: 0 done, 2 bad command line or config, 3 bad data or results file, 4 bad checkpoint, 5 disk error.
+
 examples:
-  python evaluate.py --config configs/alrp_r50_atss_500.yaml --checkpoint checkpoints/alrp_r50_atss_500/last.pth \\
-      --split minival --lrp grid
-  torchrun --nproc_per_node=4 evaluate.py --config CFG --checkpoint CKPT --split test-dev
+  python evaluate.py --checkpoint checkpoints/default/last.pth --split val --lrp exact
+  python evaluate.py --config configs/alrp_retinanet_r50_atss_500.yaml \\
+      --checkpoint checkpoints/alrp_retinanet_r50_atss_500/last.pth --split minival --lrp grid
+  torchrun --nproc_per_node=4 evaluate.py --checkpoint CKPT --split test-dev
   python evaluate.py --ann-file annotations/instances_val2017.json --results dets.json --json-out m.json
 """
 
@@ -57,16 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="COCO bbox evaluation (AP, optimal LRP, rho) of a checkpoint or of a results file.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_argument_group("model mode")
-    model.add_argument("--config", type=Path, help="experiment YAML config (the one the checkpoint was trained with)")
-    model.add_argument("--checkpoint", type=Path, help="checkpoint (.pth) whose model weights are evaluated")
-    model.add_argument("--split", choices=tuple(SPLITS), help="minival = val2017 (scored here); test-dev = write the "
-                       "submission file for the COCO server")
+    model.add_argument("--checkpoint", type=Path, help="training checkpoint or release file (.pth / .safetensors) "
+                       "whose model is evaluated")
+    model.add_argument("--split", choices=tuple(SPLITS), help="val / test: the config's data.val_* / data.test_* "
+                       "files (minival = val, test-dev = test); scored when the split has annotations, else the "
+                       "COCO submission files are written")
+    model.add_argument("--config", type=Path, help="YAML config replacing the one stored in the checkpoint "
+                       "(optional; needed only for checkpoints written without a config)")
     model.add_argument("--device", choices=("cpu", "cuda"), default=None,
                        help="device to run the model on (default: the config's runtime.device, 'auto' = cuda if "
                             "available); under torchrun each process uses cuda:LOCAL_RANK")
     model.add_argument("--max-images", type=int, default=None, metavar="N",
-                       help="run on the first N images of the split only (quick checks); minival is then scored "
-                            "on those N images")
+                       help="run on the first N images of the split only (quick checks); a labelled split is then "
+                            "scored on those N images")
     model.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config overrides as dotted.key=value (values parsed as YAML), e.g. "
                             "model.test.score_thr=0.01 data.test_batch_size=4")
@@ -98,12 +111,12 @@ def _mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
             parser.error("results-file mode needs both --ann-file and --results")
         extra = [o for o, v in (("--device", args.device), ("--max-images", args.max_images)) if v is not None]
         if extra or args.overrides:
-            parser.error(f"{', '.join(extra + args.overrides)}: only valid in model mode (--config/--checkpoint)")
+            parser.error(f"{', '.join(extra + args.overrides)}: only valid in model mode (--checkpoint)")
         return "results"
     if not model_given:
-        parser.error("give either --config, --checkpoint and --split (model mode) or --ann-file and --results "
+        parser.error("give either --checkpoint and --split (model mode) or --ann-file and --results "
                      "(results-file mode)")
-    missing = [o for o in ("--config", "--checkpoint", "--split") if o not in model_given]
+    missing = [o for o in ("--checkpoint", "--split") if o not in model_given]
     if missing:
         parser.error(f"model mode needs {', '.join(missing)}")
     if args.max_images is not None and args.max_images < 1:
@@ -120,6 +133,11 @@ def default_output_dir(cfg_name: str, split: str) -> Path:
     return Path("checkpoints") / cfg_name / f"eval_{split}"
 
 
+def results_file_name(split: str, cfg_name: str) -> str:
+    """``detections_<split>_<alg>_results.json`` (COCO's naming; test-dev is test-dev2017 there)."""
+    return f"detections_{_FILE_SPLIT.get(split, split)}_{submission_name(cfg_name)}_results.json"
+
+
 def _write_metrics(metrics: dict, details, args: argparse.Namespace, out_dir: Path | None) -> None:
     if out_dir is not None:
         paths = write_reports(metrics, out_dir, details, echo=True)
@@ -134,66 +152,107 @@ def _write_metrics(metrics: dict, details, args: argparse.Namespace, out_dir: Pa
 
 def evaluate_results_file(args: argparse.Namespace) -> dict:
     """Results-file mode: validate and score ``args.results`` against ``args.ann_file``."""
-    coco_gt = load_gt(args.ann_file)
-    metrics, details = evaluate_with_details(coco_gt, args.results, lrp=args.lrp, progress=True)
+    try:
+        coco_gt = load_gt(args.ann_file)
+        metrics, details = evaluate_with_details(coco_gt, args.results, lrp=args.lrp, progress=True)
+    except (ResultsFormatError, FileNotFoundError) as e:
+        raise DataError(str(e)) from e
     _write_metrics(metrics, details, args, args.output_dir)
     return metrics
 
 
-def run_model_inference(cfg, checkpoint: str | Path, split: str, device_name: str | None = None,
-                        max_images: int | None = None):
-    """Build the model and the split's dataset, load ``checkpoint`` and run inference (all ranks).
+def detect_dataset(detector, dataset, batch_size: int, num_workers: int = 0, world_size: int = 1, rank: int = 0,
+                   limit: int | None = None, show_progress: bool = True) -> list[dict]:
+    """COCO results of ``detector`` on ``dataset`` (images as stored: the detector preprocesses them).
 
-    Returns (results gathered on rank 0 (empty list elsewhere), dataset). ``split`` is 'minival' or 'test-dev'.
+    Each rank runs its contiguous shard of the first ``limit`` images; rank 0 gets everything, sorted by image
+    and descending score (other ranks get an empty list).
     """
-    from data.build import build_dataset, build_test_loader
-    from detector.build import build_model
-    from detector.checkpoint import CheckpointError, load_model_weights
-    from detector.distributed import init_distributed, resolve_device
-    from detector.engine import run_inference
-    from detector.fuse import fuse_for_inference
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
 
+    from data.build import worker_init_fn
+    from data.sampler import InferenceSampler
+    from detector import distributed as du
+    from detector.inference import list_collate, raw_image_transform, to_coco_results
+
+    dataset.transforms = raw_image_transform  # the Detector resizes and normalises
+    size = len(dataset) if limit is None else min(limit, len(dataset))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=InferenceSampler(size, world_size, rank),
+                        num_workers=num_workers, collate_fn=list_collate, worker_init_fn=worker_init_fn,
+                        pin_memory=detector.device.type == "cuda")
+    results: list[dict] = []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="inference", disable=not (show_progress and du.is_main_process()),
+                          dynamic_ncols=True, leave=False):
+            if not batch:
+                continue
+            outputs = detector([image for image, _ in batch])
+            results.extend(to_coco_results(outputs, [t["image_id"] for _, t in batch], detector.category_ids))
+    gathered = du.all_gather_object(results)
+    if not du.is_main_process():
+        return []
+    merged = [r for part in gathered for r in part]
+    merged.sort(key=lambda r: (r["image_id"], -r["score"]))
+    return merged
+
+
+def run_model_inference(checkpoint: str | Path, split: str, config: str | Path | None = None,
+                        overrides: list[str] | tuple[str, ...] = (), device_name: str | None = None,
+                        max_images: int | None = None):
+    """Load ``checkpoint`` into a Detector, build the split's dataset and run inference (all ranks).
+
+    Returns (results gathered on rank 0 (empty list elsewhere), dataset, detector). ``split`` is a key of SPLITS.
+    """
+    from data.build import build_dataset
+    from detector.distributed import init_distributed, resolve_device
+    from detector.inference import load_detector
+
+    detector = load_detector(checkpoint, config, "cpu", fuse=True, overrides=overrides)
+    cfg = detector.config
     rank, world_size, local_rank = init_distributed(device_name or cfg.runtime.device)
     device = resolve_device(device_name or cfg.runtime.device, local_rank)
-    model = build_model(cfg)
+    detector.to(device)
+    detector.amp = cfg.runtime.amp and device.type == "cuda"  # as in training: autocast only on CUDA
     try:
-        load_model_weights(model, checkpoint)
-    except CheckpointError as e:
-        raise ValueError(str(e)) from e
-    model = fuse_for_inference(model.eval()).to(device)  # BatchNorm folded into the convolutions
-    dataset = build_dataset(cfg.data, SPLITS[split])
-    loader = build_test_loader(cfg.data, dataset, world_size, rank, limit=max_images)
-    amp = cfg.runtime.amp and device.type == "cuda"  # as in train.py: autocast only on CUDA
-    results = run_inference(model, loader, device, dataset.label_to_cat_id, amp=amp)
-    return results, dataset
+        dataset = build_dataset(cfg.data, SPLITS[split])
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(f"split {split!r}: {e}") from e
+    if list(dataset.label_to_cat_id) != list(detector.category_ids):
+        raise DataError(f"{checkpoint} predicts category ids {detector.category_ids[:10]} but the {split} split's "
+                        f"annotation file has {dataset.label_to_cat_id[:10]}: evaluate on the dataset it was trained "
+                        f"for")
+    results = detect_dataset(detector, dataset, cfg.data.test_batch_size, cfg.data.num_workers, world_size, rank,
+                             max_images)
+    return results, dataset, detector
 
 
 def evaluate_model(args: argparse.Namespace) -> dict | None:
-    """Model mode: inference, then (rank 0) the submission files for test-dev or results + metrics for minival."""
-    from detector.config import load_config
+    """Model mode: inference, then (rank 0) results + metrics for a labelled split, submission files otherwise."""
     from detector.distributed import cleanup, is_main_process
 
-    cfg = load_config(args.config, args.overrides)
     try:
-        results, dataset = run_model_inference(cfg, args.checkpoint, args.split, args.device, args.max_images)
+        results, dataset, detector = run_model_inference(args.checkpoint, args.split, args.config, args.overrides,
+                                                         args.device, args.max_images)
         if not is_main_process():
             return None
+        cfg = detector.config
         out_dir = args.output_dir or default_output_dir(cfg.name, args.split)
         coco = dataset.coco
         img_ids = [int(i) for i in dataset.ids[:args.max_images]] if args.max_images is not None else None
         results = validate_results(results, coco, source="model output", allow_empty=True)
-        alg = submission_name(cfg.name)
-        if args.split == "test-dev":
-            json_path = write_results(results, out_dir / f"detections_test-dev2017_{alg}_results.json")
+        json_path = write_results(results, out_dir / results_file_name(args.split, cfg.name))
+        n_images = len(img_ids or dataset.ids)
+        if not coco.anns:  # no public annotations (COCO test-dev): the submission files only
             zip_path = write_zip(json_path)
-            print(f"{len(results)} detections on {len(img_ids or dataset.ids)} test-dev images written to {json_path}\n"
-                  f"upload {zip_path} to the COCO detection server (test-dev has no public annotations, so no "
-                  f"metrics are computed here)")
+            print(f"{len(results)} detections on {n_images} {args.split} images written to {json_path}\n"
+                  f"the split has no annotations, so no metrics are computed here; for COCO test-dev upload "
+                  f"{zip_path} to the COCO detection server")
             if args.max_images is not None:
-                print(f"warning: --max-images {args.max_images} was given; the submission covers only those images")
+                print(f"warning: --max-images {args.max_images} was given; the file covers only those images")
             return None
-        json_path = write_results(results, out_dir / f"detections_minival_{alg}_results.json")
-        print(f"{len(results)} detections written to {json_path}")
+        print(f"{len(results)} detections on {n_images} {args.split} images written to {json_path}")
         names = dict(zip(dataset.label_to_cat_id, dataset.class_names))
         metrics, details = evaluate_with_details(coco, results, lrp=args.lrp, class_names=names, img_ids=img_ids,
                                                  progress=True)
@@ -207,16 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     mode = _mode(parser, args)
-    try:
-        if mode == "results":
-            evaluate_results_file(args)
-        else:
+    if mode == "results":
+        evaluate_results_file(args)
+    else:
+        try:
             evaluate_model(args)
-    except (ResultsFormatError, ValueError, OSError) as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
+        except ResultsFormatError as e:
+            raise DataError(str(e)) from e
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

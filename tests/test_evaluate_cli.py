@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 from PIL import Image
 
 import evaluate
+from detector.cli import run_cli
+from tests.inference_helpers import REPO
 
 REQUIRED_KEYS = {"AP", "AP50", "AP75", "AP90", "APs", "APm", "APl", "oLRP", "oLRP_loc", "oLRP_fp", "oLRP_fn",
                  "per_class"}
@@ -53,13 +56,21 @@ def test_results_mode_output_dir(ref, tmp_path):
             assert im.format == "PNG" and im.size[0] > 200
 
 
+def _exit_code(argv: list[str]) -> int:
+    """Run evaluate.py as its entry point does (run_cli: one line on stderr, exit code by error kind)."""
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: evaluate.main(argv))
+    return e.value.code
+
+
 def test_bad_results_file_clear_error(ref, tmp_path, capsys):
     gt, _, _ = ref
     bad = tmp_path / "dets.json"
     bad.write_text(json.dumps([{"image_id": 123456, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}]))
-    assert evaluate.main(["--ann-file", str(gt), "--results", str(bad)]) == 2
+    assert _exit_code(["--ann-file", str(gt), "--results", str(bad)]) == 3  # a data error
     err = capsys.readouterr().err
     assert str(bad) in err and "123456" in err and "not in the annotation file" in err
+    assert _exit_code(["--ann-file", str(tmp_path / "missing.json"), "--results", str(bad)]) == 3
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -68,7 +79,8 @@ def test_bad_results_file_clear_error(ref, tmp_path, capsys):
     (["--ann-file", "a", "--results", "b", "--config", "c"], "cannot be combined"),
     (["--ann-file", "a", "--results", "b", "--max-images", "3"], "only valid in model mode"),
     (["--config", "c", "--checkpoint", "k"], "needs --split"),
-    (["--config", "c", "--checkpoint", "k", "--split", "val"], "invalid choice"),
+    (["--config", "c", "--split", "val"], "needs --checkpoint"),
+    (["--checkpoint", "k", "--split", "train"], "invalid choice"),
     (["--ann-file", "a", "--results", "b", "--lrp", "fast"], "invalid choice"),
 ])
 def test_argument_errors(argv, message, capsys):
@@ -82,15 +94,20 @@ def test_help_explains_every_option(capsys):
         evaluate.main(["--help"])
     text = capsys.readouterr().out
     for option in ("--config", "--checkpoint", "--split", "--output-dir", "--lrp", "--json-out", "--device",
-                   "--max-images", "key=value", "--ann-file", "--results", "minival", "test-dev", "grid", "exact"):
+                   "--max-images", "key=value", "--ann-file", "--results", "val", "test", "minival", "test-dev",
+                   "grid", "exact", "release file"):
         assert option in text, option
     parser = evaluate.build_parser()
     assert all(a.help for a in parser._actions), "every option has a help text"
+    for path in re.findall(r"configs/[\w./-]+\.yaml", text):  # every example config exists
+        assert (REPO / path).is_file(), path
 
 
 def test_submission_name():
     assert evaluate.submission_name("alrp_r50_atss_500") == "alrp-r50-atss-500"
     assert evaluate.default_output_dir("x", "minival").as_posix() == "checkpoints/x/eval_minival"
+    assert evaluate.results_file_name("test", "my_run") == "detections_test_my-run_results.json"
+    assert evaluate.results_file_name("test-dev", "a") == "detections_test-dev2017_a_results.json"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -108,27 +125,44 @@ def _model_mode_available() -> str | None:
     return None
 
 
-def test_model_mode_fresh_model_on_coco_mini(coco_mini_dir, tmp_path, capsys):
+def _tiny_config_file(tmp_path, coco_mini_dir, test_ann: str) -> "Path":
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(
+        "model: {backbone: {name: resnet18, weights: null}, fpn: {out_channels: 32}, head: {channels: 32, "
+        "num_convs: 1}}\n"
+        f"data: {{dataset: coco, root: '{coco_mini_dir}', val_ann: annotations/instances_val.json, "
+        f"val_images: images, test_ann: '{test_ann}', test_images: images, test_short: 128, "
+        "test_max: 224, num_workers: 0, test_batch_size: 2}\n"
+        "runtime: {device: cpu}\n")
+    return cfg_path
+
+
+def test_model_mode_on_coco_mini(coco_mini_dir, tmp_path, capsys):
+    """A labelled split is scored (val, and test when its file has annotations); a split without annotations gets
+    the submission files; a checkpoint without a config needs --config, one with a config does not."""
     if (reason := _model_mode_available()) is not None:
         pytest.skip(reason)
     import torch
 
     from detector.build import build_model
-    from detector.config import load_config
+    from detector.config import config_to_dict, load_config
 
-    cfg_path = tmp_path / "tiny.yaml"
-    cfg_path.write_text(
-        "model: {backbone: {name: resnet18, weights: null}}\n"
-        f"data: {{dataset: coco, root: '{coco_mini_dir}', val_ann: annotations/instances_val.json, "
-        "val_images: images, test_ann: annotations/instances_val.json, test_images: images, test_short: 128, "
-        "test_max: 224, num_workers: 0, test_batch_size: 2}\n"
-        "runtime: {device: cpu}\n")
+    info = json.loads((coco_mini_dir / "annotations" / "instances_val.json").read_text())
+    image_info = tmp_path / "image_info.json"  # test-dev style: images and categories, no annotations
+    image_info.write_text(json.dumps({"images": info["images"], "categories": info["categories"]}))
+    cfg_path = _tiny_config_file(tmp_path, coco_mini_dir, str(image_info))
+    cfg = load_config(cfg_path)
     torch.manual_seed(0)
-    ckpt = tmp_path / "fresh.pth"
-    torch.save({"model": build_model(load_config(cfg_path)).state_dict()}, ckpt)
+    model = build_model(cfg)
+    bare = tmp_path / "fresh.pth"
+    torch.save({"model": model.state_dict()}, bare)  # weights only: needs --config
+    full = tmp_path / "last.pth"
+    torch.save({"model": model.state_dict(), "config": config_to_dict(cfg),
+                "class_names": [c["name"] for c in sorted(info["categories"], key=lambda c: c["id"])],
+                "category_ids": sorted(c["id"] for c in info["categories"])}, full)
 
     out = tmp_path / "eval"
-    rc = evaluate.main(["--config", str(cfg_path), "--checkpoint", str(ckpt), "--split", "minival", "--max-images",
+    rc = evaluate.main(["--config", str(cfg_path), "--checkpoint", str(bare), "--split", "minival", "--max-images",
                         "3", "--output-dir", str(out), "--json-out", str(tmp_path / "m.json"), "--device", "cpu",
                         "model.test.score_thr=0.0"])
     assert rc == 0, capsys.readouterr().err
@@ -138,14 +172,32 @@ def test_model_mode_fresh_model_on_coco_mini(coco_mini_dir, tmp_path, capsys):
     m = json.loads((tmp_path / "m.json").read_text())
     assert REQUIRED_KEYS <= set(m) and m["num_images"] == 3 and 0 <= m["AP"] <= 1 and 0 <= m["oLRP"] <= 1
     dets = json.loads((out / "detections_minival_tiny_results.json").read_text())
-    val_json = json.loads((coco_mini_dir / "annotations" / "instances_val.json").read_text())
-    val_ids = {i["id"] for i in val_json["images"]}
+    val_ids = {i["id"] for i in info["images"]}
     assert dets and {d["image_id"] for d in dets} <= val_ids  # score_thr 0 keeps the fresh model's detections
 
+    # the same weights from a checkpoint that carries its config: no --config, same detections under --split val
+    out_val = tmp_path / "eval_val"
+    assert evaluate.main(["--checkpoint", str(full), "--split", "val", "--max-images", "3", "--output-dir",
+                          str(out_val), "model.test.score_thr=0.0"]) == 0
+    assert json.loads((out_val / "detections_val_tiny_results.json").read_text()) == dets
+    assert (out_val / "metrics.json").is_file()
+
+    from detector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--config"):
+        evaluate.main(["--checkpoint", str(bare), "--split", "val", "--output-dir", str(tmp_path / "x")])
+
+    # a split without annotations: submission json + zip, no metrics
     test_out = tmp_path / "testdev"
-    rc = evaluate.main(["--config", str(cfg_path), "--checkpoint", str(ckpt), "--split", "test-dev", "--max-images",
-                        "1", "--output-dir", str(test_out), "--device", "cpu"])
+    rc = evaluate.main(["--checkpoint", str(full), "--split", "test-dev", "--max-images", "1", "--output-dir",
+                        str(test_out)])
     assert rc == 0
     assert (test_out / "detections_test-dev2017_tiny_results.json").is_file()
     assert (test_out / "detections_test-dev2017_tiny_results.zip").is_file()
     assert not (test_out / "metrics.json").exists()
+
+    # a labelled test split (data.test_ann with annotations) is scored under its own name
+    scored = tmp_path / "test_scored"
+    assert evaluate.main(["--checkpoint", str(full), "--split", "test", "--max-images", "2", "--output-dir",
+                          str(scored), "data.test_ann=annotations/instances_val.json"]) == 0
+    assert (scored / "detections_test_tiny_results.json").is_file() and (scored / "metrics.json").is_file()

@@ -1,17 +1,13 @@
 """scripts/visualize.py from a results json on a tiny generated image."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("visualize", REPO / "scripts" / "visualize.py")
-visualize = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(visualize)
+from detector.cli import run_cli
+from scripts import visualize
 
 GRAY = (128, 128, 128)
 
@@ -63,11 +59,38 @@ def test_without_gt_leaves_gt_edges_alone(tiny):
 
 def test_missing_image_is_a_clear_error(tiny, capsys):
     (tiny / "images" / "tiny.jpg").unlink()
-    rc = visualize.main(["--results", str(tiny / "dets.json"), "--ann-file", str(tiny / "gt.json"), "--images",
-                         str(tiny / "images"), "--output-dir", str(tiny / "vis")])
-    assert rc == 2 and "tiny.jpg not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: visualize.main(["--results", str(tiny / "dets.json"), "--ann-file", str(tiny / "gt.json"),
+                                        "--images", str(tiny / "images"), "--output-dir", str(tiny / "vis")]))
+    assert e.value.code == 3 and "tiny.jpg not found" in capsys.readouterr().err  # a data error, one line
 
 
 def test_class_colors_distinct_and_not_gt_green():
     colors = {visualize.class_color(c) for c in range(1, 91)}
     assert len(colors) == 90 and visualize.GT_COLOR not in colors
+
+
+def test_from_a_release_file_without_config(tmp_path, coco_mini_dir):
+    """Checkpoint mode runs evaluate.py's inference; a checkpoint that stores its config needs no --config."""
+    from tests.inference_helpers import tiny_config, tiny_model, write_checkpoint
+
+    cfg = tiny_config(dataset="coco", root=str(coco_mini_dir), val_ann="annotations/instances_val.json",
+                      val_images="images")
+    info = json.loads((coco_mini_dir / "annotations" / "instances_val.json").read_text())
+    cats = sorted(info["categories"], key=lambda c: c["id"])
+    cfg.model.num_classes = len(cats)
+    ckpt = write_checkpoint(tmp_path / "last.pth", tiny_model(cfg, class_bias=0.0), cfg, with_classes=False,
+                            extra={"class_names": [c["name"] for c in cats], "category_ids": [c["id"] for c in cats]})
+    out = tmp_path / "vis"
+    assert visualize.main(["--checkpoint", str(ckpt), "--split", "val", "--max-images", "2", "--output-dir",
+                           str(out), "--score-thr", "0.3"]) == 0
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 2
+    first = info["images"][0]  # the split's order
+    with Image.open(out / f"{first['file_name'].rsplit('.', 1)[0]}.png") as im, \
+            Image.open(coco_mini_dir / "images" / first["file_name"]) as photo:
+        assert im.size == (first["width"], first["height"])
+        colours = {visualize.class_color(c["id"]) for c in cats}
+        drawn = sum(1 for px in im.convert("RGB").getdata() if px in colours)
+        assert drawn > 100  # boxes drawn (scores ~0.5 with a zero class bias)
+        assert photo.size == im.size
