@@ -1,6 +1,6 @@
 """ResNet / ResNeXt bodies from torchvision with frozen stages, eval-mode BatchNorm and optional DCNv2.
 
-``norm_eval`` reproduces mmdet 2.1's ``norm_eval=True`` with ``requires_grad=True`` (SPEC §5): every
+``norm_eval`` reproduces mmdet 2.1's ``norm_eval=True`` with ``requires_grad=True`` (docs/REPRODUCTION.md §5): every
 BatchNorm layer stays in eval mode (running statistics are used and never updated), while the affine
 parameters outside the frozen stages keep training. Frozen stages (``frozen_stages``: -1 none, 0 stem,
 k stem + res2..res(k+1)) get ``requires_grad=False`` everywhere. Module names are torchvision's, so
@@ -118,7 +118,7 @@ class ResNetBackbone(nn.Module):
     Args:
         name: a key of :data:`BACKBONES`.
         weights: torchvision weights enum name or local ``.pth`` path; None keeps torchvision's random init.
-        frozen_stages: -1 none, 0 the stem, k the stem and the first k stages (SPEC §5: 1).
+        frozen_stages: -1 none, 0 the stem, k the stem and the first k stages (docs/REPRODUCTION.md §5: 1).
         norm_eval: keep every BatchNorm in eval mode (frozen statistics) even in ``train()``.
         dcn_stages: four flags (res2..res5); the 3x3 conv of every block of a flagged stage becomes DCNv2.
         out_stages: stage numbers 1..4 whose outputs are returned (default C3, C4, C5).

@@ -95,6 +95,10 @@ class UnitDeltaAdapter(nn.Module):
     def last_balance(self) -> tuple[Tensor, Tensor] | None:
         return self.inner.last_balance
 
+    @property
+    def has_self_balance(self) -> bool:
+        return self.inner.has_self_balance
+
     def set_period(self, period: int) -> None:
         self.inner.set_period(period)
 

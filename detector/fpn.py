@@ -1,4 +1,4 @@
-"""Feature pyramid P3-P7 as in mmdet 2.1's RetinaNet FPN (SPEC §5, §8.12).
+"""Feature pyramid P3-P7 as in mmdet 2.1's RetinaNet FPN (docs/REPRODUCTION.md §5, §8.12).
 
 Lateral 1x1 convs on C3-C5, nearest top-down upsampling to the finer level's size, 3x3 output convs;
 P6 is a stride-2 3x3 conv on C5 (``extra_from="input"``) or on P5 (``"output"``), and P7 a stride-2

@@ -1,4 +1,4 @@
-"""RetinaNet head: shared classification and box towers over all pyramid levels (SPEC §2.6)."""
+"""RetinaNet head: shared classification and box towers over all pyramid levels (docs/REPRODUCTION.md §2.6)."""
 from __future__ import annotations
 
 import math

@@ -1,5 +1,5 @@
-"""Faster R-CNN RoI head (SPEC §4.2, §5): proposal targets, multi-level RoIAlign, the shared 2-fc box head and
-the final detections.
+"""Faster R-CNN RoI head (docs/REPRODUCTION.md §4.2, §5): proposal targets, multi-level RoIAlign, the shared 2-fc
+box head and the final detections.
 
 Targets: MaxIoU at 0.5 / 0.5 without low-quality matches (no ignore band). The baseline adds the gt boxes to
 the proposals and samples 512 per image (a quarter positive at most); the aLRP variant uses every proposal.

@@ -1,4 +1,5 @@
-"""Region proposal network of Faster R-CNN (SPEC §4.2, §5): head, anchor targets, random sampling, proposals.
+"""Region proposal network of Faster R-CNN (docs/REPRODUCTION.md §4.2, §5): head, anchor targets, random
+sampling, proposals.
 
 One class-agnostic objectness logit and four deltas per anchor on every pyramid level (P2-P6). Training
 targets come from MaxIoU (0.7 / 0.3, low-quality matches down to 0.3, every anchor valid as mmdet 2.x's
@@ -114,7 +115,8 @@ def generate_proposals(cls_logits: Sequence[Tensor], box_deltas: Sequence[Tensor
 class RPN(nn.Module):
     """The RPN's head, anchors and settings; training targets for the criterion and proposals for the RoI head.
 
-    ``num_samples`` None labels every anchor (aLRP, SPEC §4.2); an int draws that many per image (baseline).
+    ``num_samples`` None labels every anchor (aLRP, docs/REPRODUCTION.md §4.2); an int draws that many per image
+    (baseline).
     ``train_nms`` / ``test_nms`` are (nms_pre per level, nms_post per image); which applies follows ``training``.
     """
 

@@ -53,11 +53,15 @@ class CriterionHooks(Protocol):
     - ``track_balance`` (bool, settable): record the Theorem-2 gradient balance of the classification logits on
       the next backward pass; ``last_balance``: ``(sum of positive grads, sum of negative grads)`` or None;
     - ``consolidate()``: collective (every rank calls it), before a checkpoint is written: moves the self-balance
-      running sums onto rank 0 (a no-op without self-balance or without a process group).
+      running sums onto rank 0 (a no-op without self-balance or without a process group);
+    - ``has_self_balance``: whether it owns a self-balance weight (``sb_weight`` is logged and the SB period applies).
     """
 
     track_balance: bool
     last_balance: tuple[Tensor, Tensor] | None
+
+    @property
+    def has_self_balance(self) -> bool: ...
 
     def set_period(self, period: int) -> None: ...
 
@@ -114,6 +118,10 @@ class Criterion(nn.Module):
     def group(self):
         """The process group of this call's ranking (None: this device's batch only)."""
         return rank_group(self.rank_scope)
+
+    @property
+    def has_self_balance(self) -> bool:
+        return any(isinstance(m, SelfBalance) for m in self.modules())
 
     def set_period(self, period: int) -> None:
         for m in self.modules():
