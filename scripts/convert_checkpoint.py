@@ -8,7 +8,8 @@
 ``--from mmdet``: a checkpoint of the aLRP Loss release (mmdetection 2.x ``RetinaNet``; its ``state_dict``).
 Module names map as (docs/REPRODUCTION.md §5):
 
-    backbone.*                                    -> backbone.*   (torchvision ResNet names; DCN conv2.conv_offset)
+    backbone.*                                    -> backbone.*   (torchvision ResNet names; DCN conv2.conv_offset,
+                                                                   also read from mmdet 1.x's conv2_offset)
     neck.lateral_convs.i.conv.*                   -> fpn.lateral_convs.i.*
     neck.fpn_convs.i.conv.*  (i < 3: P3-P5)       -> fpn.output_convs.i.*
     neck.fpn_convs.i.conv.*  (i >= 3: P6, P7)     -> fpn.extra_convs.(i-3).*
@@ -24,8 +25,9 @@ which gives this model's eps-1e-5 BatchNorm the same output.
 
 Every source tensor must land on a model tensor of the same shape and every model tensor (BatchNorm's
 ``num_batches_tracked`` and the loss state excepted) must be filled, otherwise nothing is written and the error
-lists the unmatched, missing and misshapen names. The output holds ``model`` (the state dict), ``config`` and
-``converted_from``; ``evaluate.py --checkpoint`` and ``model.weights`` read it.
+lists the unmatched, missing and misshapen names. The output holds ``model`` (the state dict), ``config``,
+``converted_from`` and, for 80 classes, the COCO ``class_names`` / ``category_ids``; ``evaluate.py --checkpoint``
+and ``model.weights`` read it.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from torch import Tensor, nn
 from detector.config import Config, config_to_dict, load_config
 from detector.errors import CheckpointError, ConfigError
 
-__all__ = ["SOURCES", "mmdet_name", "torchvision_name", "read_source", "convert_state_dict", "convert", "main"]
+__all__ = ["SOURCES", "coco_categories", "mmdet_name", "torchvision_name", "read_source", "convert_state_dict", "convert", "main"]
 
 # torchvision's RetinaNet class index is the COCO category id; these two names mark unused indices
 _TV_UNUSED = ("__background__", "N/A")
@@ -48,6 +50,9 @@ _TV_UNUSED = ("__background__", "N/A")
 
 def mmdet_name(key: str, num_fpn_outputs: int = 3) -> str | None:
     """This framework's name for a tensor of the release's mmdet-2.x RetinaNet (None: no rule for it)."""
+    m = re.fullmatch(r"(backbone\..+\.conv2)_offset\.(weight|bias)", key)
+    if m:  # DCN offsets under mmdet 1.x's sibling name (mmdet 2.x loads them into conv2.conv_offset too)
+        return f"{m[1]}.conv_offset.{m[2]}"
     if key.startswith("backbone."):
         return key
     m = re.fullmatch(r"neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)", key)
@@ -132,15 +137,20 @@ def read_source(src: str, kind: str, unsafe_load: bool = False) -> dict[str, Ten
     return {k.removeprefix("module."): v for k, v in obj.items() if torch.is_tensor(v)}
 
 
+def coco_categories() -> tuple[list[str], list[int]]:
+    """Names and ids of the 80 COCO categories in ascending id (torchvision's COCO metadata)."""
+    from torchvision.models.detection import RetinaNet_ResNet50_FPN_Weights as W
+    cats = W.COCO_V1.meta["categories"]
+    ids = [i for i, n in enumerate(cats) if n not in _TV_UNUSED]
+    return [cats[i] for i in ids], ids
+
+
 def _coco_class_rows(num_src: int, num_dst: int) -> list[int] | None:
     """Which of torchvision's class outputs become ours: all (same count) or the 80 COCO categories of 91."""
     if num_src == num_dst:
         return None
     if num_src == 91 and num_dst == 80:
-        from torchvision.models.detection import RetinaNet_ResNet50_FPN_Weights as W
-        keep = [i for i, n in enumerate(W.COCO_V1.meta["categories"]) if n not in _TV_UNUSED]
-        assert len(keep) == 80, keep
-        return keep
+        return coco_categories()[1]
     raise ConfigError(f"model.num_classes={num_dst}, but the torchvision weights have {num_src} class outputs: "
                       f"use a config with 80 (the COCO categories) or {num_src} classes")
 
@@ -226,8 +236,11 @@ def convert(kind: str, src: str, config: str | Path, out: str | Path, bn_eps: fl
     model = build_model(cfg)
     state = convert_state_dict(read_source(src, kind, unsafe_load), model, kind, cfg.model.num_classes, bn_eps)
     model.load_state_dict(state, strict=False)  # the shapes were checked: this cannot fail half-way
-    atomic_save({"model": state, "config": config_to_dict(cfg),
-                 "converted_from": {"kind": kind, "source": str(src), "source_bn_eps": bn_eps}}, out)
+    payload = {"model": state, "config": config_to_dict(cfg),
+               "converted_from": {"kind": kind, "source": str(src), "source_bn_eps": bn_eps}}
+    if cfg.model.num_classes == 80:  # both sources are COCO detectors: labels 0..79 = COCO ids in ascending order
+        payload["class_names"], payload["category_ids"] = coco_categories()
+    atomic_save(payload, out)
     return state
 
 

@@ -169,6 +169,8 @@ def test_name_rules_by_hand():
     assert mmdet_name("neck.fpn_convs.3.conv.weight") == "fpn.extra_convs.0.weight"
     assert mmdet_name("bbox_head.reg_convs.2.conv.weight") == "head.reg_convs.4.weight"
     assert mmdet_name("bbox_head.loss_cls.weight") is None
+    assert mmdet_name("backbone.layer3.5.conv2.conv_offset.bias") == "backbone.layer3.5.conv2.conv_offset.bias"
+    assert mmdet_name("backbone.layer3.5.conv2_offset.weight") == "backbone.layer3.5.conv2.conv_offset.weight"
     assert torchvision_name("head.classification_head.conv.3.0.weight") == "head.cls_convs.6.weight"  # current
     assert torchvision_name("head.classification_head.conv.6.weight") == "head.cls_convs.6.weight"  # pre-0.13
     assert torchvision_name("backbone.fpn.inner_blocks.1.0.bias") == "fpn.lateral_convs.1.bias"
