@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from detector.anchors import AnchorGenerator
-from detector.assigners import BACKGROUND, IGNORE, ATSSAssigner, MaxIoUAssigner, atss_assign, max_iou_assign
+from detector.assigners import (BACKGROUND, IGNORE, Assigner, ATSSAssigner, MaxIoUAssigner, atss_assign,
+                                max_iou_assign)
 
 
 def _pyramid(size: int = 128, scales_per_octave: int = 1) -> tuple[torch.Tensor, list[int]]:
@@ -107,6 +108,29 @@ def test_max_iou_bands():
                             [0.0, 0.0, 10.0, 4.0]])  # IoU 0.40 -> ignored (neg needs < 0.4)
     out = MaxIoUAssigner(0.5, 0.4)(anchors, [5], gt)
     assert out.tolist() == [0, IGNORE, BACKGROUND, 0, IGNORE]
+
+
+def test_max_iou_assignment_quality_is_the_matched_iou():
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 4.5], [0.0, 0.0, 10.0, 3.0],
+                            [0.0, 0.0, 10.0, 5.5]])
+    assigner = MaxIoUAssigner(0.5, 0.4)
+    assert isinstance(assigner, Assigner) and not assigner.uses_predictions
+    out = assigner.assign(anchors, [4], gt, torch.tensor([2]))
+    assert out.gt_index.tolist() == [0, IGNORE, BACKGROUND, 0]
+    torch.testing.assert_close(out.quality, torch.tensor([1.0, 0.0, 0.0, 0.55]))  # 0 where not matched
+
+
+def test_atss_assignment_quality_is_the_matched_iou():
+    anchors, counts = _pyramid()
+    gts = torch.tensor([[20.0, 24.0, 70.0, 90.0], [60.0, 10.0, 120.0, 50.0]])
+    out = ATSSAssigner(topk=9).assign(anchors, counts, gts, torch.tensor([0, 1]))
+    assert out.gt_index.tolist() == _atss_oracle(anchors, counts, gts)
+    want = [_iou(a, gts[g].tolist()) if g >= 0 else 0.0 for a, g in zip(anchors.tolist(), out.gt_index.tolist())]
+    torch.testing.assert_close(out.quality, torch.tensor(want), rtol=1e-5, atol=1e-6)
+    assert (out.gt_index >= 0).any()
+    empty = ATSSAssigner().assign(anchors, counts, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    assert (empty.gt_index == BACKGROUND).all() and not empty.quality.any()
 
 
 def test_max_iou_low_quality_matches():

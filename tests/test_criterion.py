@@ -127,3 +127,96 @@ def test_bad_config_values_name_the_key():
         build_criterion(LossCfg(type="softmax"), 80, STDS)
     with pytest.raises(ValueError, match="loss.reg"):
         build_criterion(LossCfg(type="focal", reg="iou"), 80, STDS)
+
+
+# --------------------------------------------------------------------------- loss.rank_scope: global (2 gloo ranks)
+GLOBAL_CASES = {"alrp": LossCfg(type="alrp", sb_period=100, rank_scope="global"),
+                "ap_smooth_l1": LossCfg(type="ap", reg="smooth_l1", rank_scope="global"),
+                "ap_giou": LossCfg(type="ap", reg="giou", reg_weight=2.0, rank_scope="global")}
+RANK_POS = (5, 9)  # positives per rank (different on purpose: the regression's normaliser is the global count)
+
+
+def _global_pools() -> list[tuple[torch.Tensor, ...]]:
+    """Both ranks' pools (float64 logits), deterministic: the same on every process."""
+    gen = torch.Generator().manual_seed(5)
+    pools = []
+    for num_pos in RANK_POS:
+        logits, targets, pred, target = _batch(gen, num_pos, M=300)
+        pools.append((logits.detach().double(), targets, pred.detach().double(), target.double()))
+    return pools
+
+
+def _run(cfg: LossCfg, pool) -> dict[str, torch.Tensor]:
+    crit = build_criterion(cfg, 80, STDS).train()
+    logits, targets, pred, target = (t.clone().requires_grad_(t.is_floating_point() and i in (0, 2))
+                                     for i, t in enumerate(pool))
+    out = crit(logits, targets, pred, target)
+    (out["loss_cls"] + out["loss_box"]).backward()
+    return {"cls": out["loss_cls"].detach(), "box": out["loss_box"].detach(), "g_logits": logits.grad,
+            "g_pred": pred.grad}
+
+
+def _global_worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        pool = _global_pools()[rank]
+        torch.save({name: _run(cfg, pool) for name, cfg in GLOBAL_CASES.items()}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_rank_scope_gradients_sum_to_the_single_process_gradient(tmp_path):
+    """Each rank's loss gradient w.r.t. its own inputs is its slice of the gradient of one process holding both
+    pools; the ranking terms are the global value on every rank, the regression terms add up over the ranks."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_global_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    pools = _global_pools()
+    whole = tuple(torch.cat([p[i] for p in pools]) for i in range(4))
+    m0, p0 = pools[0][0].numel(), pools[0][2].shape[0]
+    for name, cfg in GLOBAL_CASES.items():
+        single = _run(LossCfg(**{**cfg.__dict__, "rank_scope": "device"}), whole)  # no process group: one ranking
+        r0, r1 = ranks[0][name], ranks[1][name]
+        for r in (r0, r1):
+            torch.testing.assert_close(r["cls"], single["cls"], rtol=1e-6, atol=1e-9)
+        if name == "alrp":  # the localisation component is global too (SB x L_loc, same SB on both)
+            torch.testing.assert_close(r0["box"], single["box"], rtol=1e-5, atol=1e-8)
+            torch.testing.assert_close(r1["box"], single["box"], rtol=1e-5, atol=1e-8)
+        else:  # normalised by the global positive count: the ranks' parts add up
+            torch.testing.assert_close(r0["box"] + r1["box"], single["box"], rtol=1e-6, atol=1e-9)
+            assert float(r0["box"]) != pytest.approx(float(single["box"]))  # not the per-device normalisation
+        torch.testing.assert_close(torch.cat([r0["g_logits"], r1["g_logits"]]), single["g_logits"],
+                                   rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(torch.cat([r0["g_pred"], r1["g_pred"]]), single["g_pred"], rtol=1e-5, atol=1e-8)
+        assert r0["g_pred"].shape[0] == p0 and r0["g_logits"].shape[0] == m0
+
+
+def test_rank_scope_is_refused_for_non_ranking_losses_and_checked():
+    with pytest.raises(ValueError, match="loss.rank_scope"):
+        build_criterion(LossCfg(type="focal", rank_scope="global"), 80, STDS)
+    with pytest.raises(ValueError, match="loss.rank_scope"):
+        build_criterion(LossCfg(type="alrp", rank_scope="world"), 80, STDS)
+    for kind in ("alrp", "ap"):  # without a process group a global scope ranks the device's pool, as 'device'
+        crit = build_criterion(LossCfg(type=kind, rank_scope="global", sb_period=10), 80, STDS)
+        assert crit.rank_scope == "global" and crit.group() is None
+
+
+def test_criterion_hooks_reach_every_self_balance():
+    crit = build_criterion(LossCfg(type="alrp"), 80, STDS)
+    assert crit.has_self_balance and crit.sb.period == 0
+    crit.set_period(37)
+    assert crit.sb.period == 37
+    crit.consolidate()  # no process group: nothing to move, state unchanged
+    assert crit.sb.period == 37 and float(crit.sb.weight) == 50.0
+    ap = build_criterion(LossCfg(type="ap"), 80, STDS)
+    assert not ap.has_self_balance
+    ap.set_period(37)  # a no-op without self-balance

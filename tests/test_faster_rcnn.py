@@ -309,7 +309,8 @@ def test_criterion_owns_both_self_balances_and_their_period():
 @pytest.mark.parametrize("override,key", [(["loss.type=focal"], "loss.type"),
                                           (["loss.type=ce", "loss.reg=smooth_l1"], "loss.reg"),
                                           (["model.rpn.anchor_strides=[8, 16, 32, 64, 128]"], "anchor_strides"),
-                                          (["model.rpn.anchor_scales=[4.0, 8.0]"], "anchor_scales")])
+                                          (["model.rpn.anchor_scales=[4.0, 8.0]"], "anchor_scales"),
+                                          (["loss.type=ce", "loss.rank_scope=global"], "rank_scope")])
 def test_bad_config_values_name_the_key(override, key):
     with pytest.raises(ValueError, match=key):
         build_model(load_config(SHAPES, SMALL + override))

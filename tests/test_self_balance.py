@@ -56,6 +56,15 @@ def test_missing_period_warns_once_and_keeps_weight():
         sb.set_period(0)
 
 
+def test_epoch_length_applies_unless_a_period_was_configured():
+    free, fixed = SelfBalance(period=0), SelfBalance(period=5)
+    free.set_epoch_length(12)
+    fixed.set_epoch_length(12)
+    assert (free.period, fixed.period) == (12, 5)
+    fixed.set_period(7)  # an explicit period always applies
+    assert fixed.period == 7
+
+
 def test_state_dict_round_trip_resumes_mid_period():
     sb = SelfBalance(init_weight=50.0, period=3)
     _feed(sb, [0.6, 0.2, 0.4], [0.3, 0.1, 0.2], [True] * 3)  # update: weight = 1 + 1.2 / 0.6 = 3
