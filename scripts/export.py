@@ -85,10 +85,12 @@ def _example_image(detector: Detector, seed: int, h: int | None = None, w: int |
 
 
 def _metadata(detector: Detector) -> dict[str, str]:
-    return {"class_names": json.dumps(detector.class_names), "category_ids": json.dumps(detector.category_ids),
-            "config": json.dumps(config_to_dict(detector.config)),
+    meta = {"class_names": json.dumps(detector.class_names), "category_ids": json.dumps(detector.category_ids),
             "input": "image: (3, H, W) uint8 RGB, any size",
             "outputs": "boxes (n, 4) xyxy input pixels, scores (n,), labels (n,) int64 (index into class_names)"}
+    if detector.config is not None:
+        meta["config"] = json.dumps(config_to_dict(detector.config))
+    return meta
 
 
 def export_onnx(detector: Detector, out: Path) -> Path:
