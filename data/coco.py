@@ -11,17 +11,19 @@
   ``filter_empty`` and if their shorter side is at least ``min_size`` (mmdet ``_filter_imgs``).
 * A json without ``annotations`` (test-dev image info) loads; its images have empty targets.
 
-Bad input (wrong path, empty/invalid json, orphan annotation, malformed box, missing or unreadable
-image, image size differing from the json) raises an error naming the file and the image id. With
-``skip_bad_images=True`` bad images are warned about, counted and left out (annotation problems, and
-files missing at start-up) or replaced by the next good image (decoding failures while training; in
-evaluation the sample is returned as ``None`` and dropped by the collate, so no image is duplicated).
+Bad input raises a :class:`~detector.errors.DataError` naming the file, the image id and what to do: the json
+is checked by :func:`data.validate.validate_coco` (the validator ``evaluate.py`` uses too), every listed image
+file is checked to exist and be non-empty when the dataset is built (not an epoch later), and each image is
+decoded with truncation detected (:func:`data.image_io.read_image`). With ``skip_bad_images=True`` bad images are
+warned about, counted and left out (annotation problems, missing or empty files: at start-up) or replaced by the
+next good image (decoding failures while training; in evaluation the sample is returned as ``None`` and dropped
+by the collate, so no image is duplicated and a batch of only bad images never reaches the model).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +32,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.image_io import ImageDecodeError, read_image
 from data.transforms import build_normalise_only
+from data.validate import SKIP_HINT, AnnotationError, DataFileNotFoundError, apply_check, load_coco_json, validate_coco
+from detector.errors import DataError
 from data.coco_index import coco_from_dict
 
 __all__ = ["CocoDetection", "BadSampleError", "load_coco_json"]
@@ -39,49 +44,8 @@ logger = logging.getLogger(__name__)
 _MAX_REPLACEMENTS = 100
 
 
-class BadSampleError(RuntimeError):
-    """One image cannot be used (missing, unreadable, wrong size); the message names file and image id."""
-
-
-def load_coco_json(ann_file: str | Path) -> dict:
-    """Read a COCO json with errors that name the file; checks the top-level structure only."""
-    path = Path(ann_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise ValueError(f"{path}: the annotation file is empty")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object with 'images' and 'categories', got {type(data).__name__}")
-    for key in ("images", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"{path}: missing or invalid '{key}' list (is this a COCO instances file?)")
-    if not data["categories"]:
-        raise ValueError(f"{path}: 'categories' is empty; a detector needs at least one class")
-    cat_ids = [c.get("id") if isinstance(c, dict) else None for c in data["categories"]]
-    if not all(isinstance(c, int) and not isinstance(c, bool) for c in cat_ids) or len(set(cat_ids)) != len(cat_ids):
-        raise ValueError(f"{path}: every category needs a unique integer 'id', got {cat_ids}")
-    if "annotations" in data and not isinstance(data["annotations"], list):
-        raise ValueError(f"{path}: 'annotations' must be a list")
-    return data
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_box(b: Any) -> bool:
-    """A list of 4 finite numbers (fast path: one sum; strings, None or NaN/inf fail)."""
-    if type(b) not in (list, tuple) or len(b) != 4:
-        return False
-    try:
-        return math.isfinite(b[0] + b[1] + b[2] + b[3]) and all(type(v) is not bool for v in b)
-    except TypeError:
-        return False
+class BadSampleError(DataError):
+    """One image cannot be used (missing, empty, truncated, undecodable, wrong size); names file and image id."""
 
 
 class CocoDetection(Dataset):
@@ -110,13 +74,12 @@ class CocoDetection(Dataset):
         self.num_bad = 0  # bad images met so far (in this process)
         data = load_coco_json(self.ann_file)
         if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"image folder not found: {self.image_dir} (images of {self.ann_file})")
-        bad_image_ids = self._validate(data)
-        if skip_bad_images:
-            bad_image_ids |= self._missing_files(data["images"])
-            if bad_image_ids:
-                data = self._without_images(data, bad_image_ids)
-                self.num_bad = len(bad_image_ids)
+            raise DataFileNotFoundError(f"image folder not found: {self.image_dir} (images of {self.ann_file})")
+        check = validate_coco(data, self.ann_file, skip_bad=skip_bad_images)
+        check.bad_image_ids |= self._unusable_files(data["images"], check.bad_image_ids)
+        data = apply_check(data, check)
+        self.num_bad = len(check.bad_image_ids)
+        self._fill_area(data)
         self.coco = coco_from_dict(data)
 
         self.cat_ids: list[int] = sorted(int(c["id"]) for c in data["categories"])
@@ -146,74 +109,42 @@ class CocoDetection(Dataset):
                     self.dropped[reason] = n
             ids = [i for i in ids if i not in empty and i not in small]
         if not ids:
-            raise ValueError(f"{self.ann_file}: no usable images (train={train}, filter_empty={filter_empty}, "
-                             f"min_size={min_size})")
+            raise AnnotationError(f"{self.ann_file}: no usable images ({len(data['images'])} listed and valid; "
+                                  + (", ".join(f"{n} left out: {r}" for r, n in self.dropped.items()) or "none listed")
+                                  + "); check the file, data.filter_empty and data.min_size")
         self.ids: list[int] = ids
         self.transforms = transforms if transforms is not None else build_normalise_only()
 
     # ------------------------------------------------------------------ validation
-    def _validate(self, data: dict) -> set[int]:
-        """Check image records and annotations; return ids of images with bad annotations (skip mode)."""
-        src = self.ann_file
-        images: dict[int, dict] = {}
-        for img in data["images"]:
-            iid = img.get("id") if isinstance(img, dict) else None
-            if not isinstance(iid, int) or isinstance(iid, bool):
-                raise ValueError(f"{src}: image record without an integer 'id': {img!r}")
-            if iid in images:
-                raise ValueError(f"{src}: duplicate image id {iid}")
-            for key in ("file_name", "width", "height"):
-                if key not in img:
-                    raise ValueError(f"{src}: image {iid} has no '{key}'")
-            if not (_is_number(img["width"]) and _is_number(img["height"])):
-                raise ValueError(f"{src}: image {iid} ({img['file_name']}) has a non-numeric width/height")
-            images[iid] = img
-        cats = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
-        problems: list[tuple[int | None, str]] = []
-        orphans = []
-        for ann in data.get("annotations", []):
-            if not isinstance(ann, dict) or "image_id" not in ann or "id" not in ann:
-                problems.append((None, f"annotation without 'id'/'image_id': {ann!r}"))
+    def _unusable_files(self, images: list[dict], already_bad: set[int]) -> set[int]:
+        """Ids of images whose file is missing or empty (one stat each); raises unless ``skip_bad_images``."""
+        bad: dict[int, str] = {}
+        for img in images:
+            if img["id"] in already_bad:
                 continue
-            aid, iid = ann["id"], ann["image_id"]
-            if iid not in images:
-                orphans.append(ann)
-                problems.append((None, f"annotation {aid} points to image id {iid}, which is not in 'images'"))
-                continue
-            where = f"annotation {aid} of image {iid} ({images[iid]['file_name']})"
-            bbox = ann.get("bbox")
-            if not _is_box(bbox):
-                problems.append((iid, f"{where}: 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}"))
-            elif ann.get("category_id") not in cats:
-                problems.append((iid, f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'"))
-        if problems and not self.skip_bad_images:
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise ValueError(f"{src}: {problems[0][1]}{more}; fix the file or set data.skip_bad_images: true")
-        if problems:
-            for _, msg in problems[:5]:
-                logger.warning("%s: skipped: %s", src, msg)
-            logger.warning("%s: %d bad annotations; their images (and orphan annotations) are skipped",
-                           src, len(problems))
-            orphan_ids = {id(a) for a in orphans}
-            data["annotations"] = [a for a in data["annotations"] if id(a) not in orphan_ids and isinstance(a, dict)
-                                   and "id" in a and "image_id" in a]
-        return {iid for iid, _ in problems if iid is not None}
-
-    def _missing_files(self, images: list[dict]) -> set[int]:
-        missing = {int(img["id"]) for img in images if not (self.image_dir / img["file_name"]).is_file()}
-        if missing:
-            first = next(img for img in images if int(img["id"]) in missing)
-            logger.warning("%s: %d image files are missing, e.g. image %d: %s; skipped", self.ann_file, len(missing),
-                           first["id"], self.image_dir / first["file_name"])
-        return missing
+            path = self.image_dir / img["file_name"]
+            try:
+                if os.stat(path).st_size == 0:
+                    bad[img["id"]] = f"{path}: empty file (0 bytes)"
+            except OSError:
+                bad[img["id"]] = f"{path}: file missing"
+        if not bad:
+            return set()
+        first_id, first = next(iter(bad.items()))
+        more = f" (and {len(bad) - 1} more images)" if len(bad) > 1 else ""
+        if not self.skip_bad_images:
+            raise BadSampleError(f"image {first_id}: {first} (listed in {self.ann_file}){more}; restore the file, "
+                                 f"remove the image from the json, or set data.skip_bad_images=true to skip it")
+        logger.warning("%s: %d image files are missing or empty, e.g. image %d: %s; skipped (data.skip_bad_images)",
+                       self.ann_file, len(bad), first_id, first)
+        return set(bad)
 
     @staticmethod
-    def _without_images(data: dict, image_ids: set[int]) -> dict:
-        data = dict(data)
-        data["images"] = [img for img in data["images"] if int(img["id"]) not in image_ids]
-        if "annotations" in data:
-            data["annotations"] = [a for a in data["annotations"] if a["image_id"] not in image_ids]
-        return data
+    def _fill_area(data: dict) -> None:
+        """Annotations without ``area`` get w * h (COCO evaluation reads it for the small/medium/large split)."""
+        for a in data.get("annotations", []):
+            if "area" not in a:
+                a["area"] = float(a["bbox"][2]) * float(a["bbox"][3])
 
     def _parse_all(self, data: dict) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per image id: (boxes (n, 4) float64 xyxy, labels (n,) int64, iscrowd (n,) bool), mmdet's rules.
@@ -265,14 +196,18 @@ class CocoDetection(Dataset):
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
         path = self.image_path(index)
-        # EXIF orientation is ignored: COCO boxes are drawn on the stored pixel grid.
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if img is None:
-            why = "file missing" if not path.is_file() else "cannot be decoded"
-            raise BadSampleError(f"image {image_id}: {path}: {why} (listed in {self.ann_file})")
+        try:
+            # EXIF orientation is ignored: COCO boxes are drawn on the stored pixel grid.
+            img = read_image(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        except FileNotFoundError:
+            raise BadSampleError(f"image {image_id}: {path}: file missing (listed in {self.ann_file}); restore it "
+                                 f"or {SKIP_HINT}") from None
+        except (ImageDecodeError, OSError) as e:
+            raise BadSampleError(f"image {image_id}: {path}: {e} (listed in {self.ann_file}); replace the file or "
+                                 f"{SKIP_HINT}") from e
         if img.shape[0] != info["height"] or img.shape[1] != info["width"]:
             raise BadSampleError(f"image {image_id}: {path} is {img.shape[1]}x{img.shape[0]} but {self.ann_file} "
-                                 f"says {info['width']}x{info['height']}")
+                                 f"says {info['width']}x{info['height']}; fix the json or {SKIP_HINT}")
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32)
 
     def _get(self, index: int, seed: int | None) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -306,11 +241,14 @@ class CocoDetection(Dataset):
                 return self._get(j, seed)
             except BadSampleError as e:
                 self.num_bad += 1
-                logger.warning("skipped bad image (%d so far in this process): %s", self.num_bad, e)
-                if not self.train:
-                    return None  # evaluation: drop it rather than duplicate another image
-        raise RuntimeError(f"{self.ann_file}: {_MAX_REPLACEMENTS} consecutive bad images from index {index}; "
-                           f"check {self.image_dir}")
+                if not self.train:  # evaluation: drop it rather than duplicate another image
+                    logger.warning("skipped bad image (%d so far in this process; its ground truth counts as missed "
+                                   "in the evaluation): %s", self.num_bad, e)
+                    return None
+                logger.warning("skipped bad image (%d so far in this process; replaced by the next image): %s",
+                               self.num_bad, e)
+        raise DataError(f"{self.ann_file}: {_MAX_REPLACEMENTS} consecutive bad images from index {index}; "
+                        f"check {self.image_dir}")
 
     def __repr__(self) -> str:
         return (f"CocoDetection({self.ann_file}, {len(self)} images, {len(self.cat_ids)} classes, "

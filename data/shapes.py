@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from detector.errors import ConfigError
+
 __all__ = ["CLASSES", "ensure_shapes_dataset", "generate_shapes_dataset"]
 
 CLASSES = ("circle", "square", "triangle", "cross")
@@ -41,15 +43,16 @@ def ensure_shapes_dataset(root: str | Path, num_train: int = 300, num_val: int =
     """Generate the dataset into ``root`` unless it is already there with the same parameters.
 
     Returns:
-        ``root`` as a Path. Raises ValueError if ``root`` is a non-empty folder that is not a shapes set.
+        ``root`` as a Path. Raises ConfigError (a ValueError) if ``root`` is a non-empty folder that is not a
+        shapes set.
     """
     root = Path(root)
     params = _params(num_train, num_val, image_size, seed)
     if _read_meta(root) == params:
         return root
     if root.exists() and not (root / _META).is_file() and any(root.iterdir()):
-        raise ValueError(f"data.root: {root} exists and is not a generated shapes dataset; "
-                         f"point data.root at an empty or new folder")
+        raise ConfigError(f"data.root: {root} exists and is not a generated shapes dataset; "
+                          f"point data.root at an empty or new folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

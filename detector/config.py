@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -426,15 +426,23 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
-def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
-    """Validate a plain nested dict into a :class:`Config` (schedule pairs checked, ``data.size`` applied)."""
+def config_from_dict(raw: dict, source: str | Callable[[str], str] = "<dict>", check: bool = True) -> Config:
+    """Validate a plain nested dict into a :class:`Config` (schedule pairs checked, ``data.size`` applied).
+
+    With ``check`` the semantic rules of :mod:`detector.config_checks` run too (ranges, enumerations, cross-field
+    rules, files the config names); ``source`` may be a function key -> source for their messages.
+    """
+    where = source if isinstance(source, str) else source("")
     if isinstance(raw.get("solver"), dict):
         raw = {**raw, "solver": dict(raw["solver"])}
-        _check_schedule_pairs(raw["solver"], source)
-    cfg = _build(Config, raw, "", source)
+        _check_schedule_pairs(raw["solver"], where)
+    cfg = _build(Config, raw, "", where)
     if cfg.data.size is not None:
         cfg.data.train_size = cfg.data.test_short = cfg.data.size
         cfg.data.test_max = round(cfg.data.size * 5 / 3)
+    if check:
+        from .config_checks import check_config
+        check_config(cfg, source)
     return cfg
 
 
@@ -479,6 +487,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         if not isinstance(base_name, str):
             raise ConfigError(f"{path}: '_base_' must be a file name, got {base_name!r}")
         base_path = (path.parent / base_name).resolve()
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: its _base_ '{base_name}' was not found (looked for {base_path}; a _base_ is "
+                              f"relative to the file that names it)")
         base_raw = _read_yaml(base_path)
         if "_base_" in base_raw:
             raise ConfigError(f"{base_path}: only one level of '_base_' is allowed (used by {path})")
@@ -486,10 +497,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raw = _merge(base_raw, raw)
         source = f"{path} (base {base_path.name})"
     raw.setdefault("name", path.stem)
-    cfg = config_from_dict(raw, source)
+    cfg = config_from_dict(raw, source, check=not overrides)
     if overrides:
         raw = apply_overrides(raw, overrides)
-        cfg = config_from_dict(raw, "command line")
+        keys = [o.split("=", 1)[0].strip() for o in overrides]
+
+        def source_of(key: str) -> str:  # a semantic error names where the offending value came from
+            overridden = any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in keys)
+            return "command line" if overridden or not key else source
+
+        cfg = config_from_dict(raw, source_of)
     return cfg
 
 

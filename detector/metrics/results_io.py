@@ -20,6 +20,7 @@ from typing import Any
 from pycocotools.coco import COCO
 
 from data.coco_index import coco_from_dict
+from data.validate import AnnotationError, validate_coco
 
 __all__ = ["ResultsFormatError", "coco_from_dict", "load_gt", "load_results", "validate_results", "write_results",
            "write_zip"]
@@ -64,17 +65,11 @@ def load_gt(path: str | Path) -> COCO:
     if missing:
         raise ResultsFormatError(f"{path}: the annotation file lacks {missing} (a test-dev 'image_info' file has no "
                                  f"annotations and cannot be scored)")
-    for i, ann in enumerate(data["annotations"]):
-        lacking = [k for k in ("id", "image_id", "category_id", "bbox", "area") if k not in ann]
-        if lacking:
-            raise ResultsFormatError(f"{path}: annotation #{i} (image {ann.get('image_id')}) lacks {lacking}")
-        if not isinstance(ann["id"], numbers.Integral) or ann["id"] < 1:
-            raise ResultsFormatError(f"{path}: annotation #{i} (image {ann['image_id']}) has id {ann['id']!r}; ids "
-                                     f"must be integers >= 1 (pycocotools uses 0 for 'unmatched')")
-    coco = coco_from_dict(data)
-    if len(coco.anns) != len(data["annotations"]):
-        raise ResultsFormatError(f"{path}: annotation ids are not unique")
-    return coco
+    try:  # the validator the datasets use: ids unique and >= 1, boxes, categories, area
+        validate_coco(data, path, scoring=True, hint="fix the annotation file")
+    except AnnotationError as e:
+        raise ResultsFormatError(str(e)) from e
+    return coco_from_dict(data)
 
 
 def _finite_number(v: Any) -> bool:
