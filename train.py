@@ -77,7 +77,7 @@ def run(argv: list[str] | None = None):
             log.info("AP %.4f  AP50 %.4f  oLRP %.4f", m["AP"], m["AP50"], m["oLRP"])
             return EXIT_OK, unwrap(trainer.model), trainer.state
         status = trainer.train()
-        m = getattr(trainer, "last_metrics", None)
+        m = trainer.last_metrics
         if status == "finished" and m is not None and du.is_main_process():
             print(f"COCO AP {m['AP']:.4f}  AP50 {m['AP50']:.4f}  AP75 {m['AP75']:.4f}  oLRP {m['oLRP']:.4f}  "
                   f"(validation, after {trainer.state.global_iter} iterations)")

@@ -41,7 +41,7 @@ from .engine import move_targets, run_inference, scalar_stats
 from .errors import EXIT_OK, EXIT_PREEMPTED, DataError, NonFiniteLossError
 from .fuse import fuse_for_inference
 from .logger import MetricsWriter, progress_enabled
-from .losses import ddp_loss_scale
+from .losses import CriterionHooks, ddp_loss_scale
 from .solver import (build_optimizer, build_scheduler, effective_lr, resolve_schedule, schedule_summary,
                      schedule_warnings)
 
@@ -83,8 +83,9 @@ def _ignore_stop_signals(worker_id: int, inner=None) -> None:
         inner(worker_id)
 
 
-def _criterion_of(model: nn.Module) -> nn.Module | None:
-    return getattr(unwrap(model), "criterion", None)
+def _criterion_of(model: nn.Module) -> CriterionHooks:
+    """The detector's criterion: every model of :func:`detector.build.build_model` has one (see CriterionHooks)."""
+    return unwrap(model).criterion
 
 
 class Trainer:
@@ -99,6 +100,8 @@ class Trainer:
         self.world_size, self.rank = du.get_world_size(), du.get_rank()
         self.is_main = self.rank == 0
         self.state = TrainState()
+        self.last_written: tuple[str, int] | None = None  # (name, global_iter) of the latest checkpoint
+        self.last_metrics: dict[str, Any] | None = None  # of the latest evaluation
         torch.manual_seed(cfg.runtime.seed)
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -121,8 +124,7 @@ class Trainer:
                             f"than one batch of {self.world_size} x {cfg.data.batch_size}; lower data.batch_size")
         self.schedule = resolve_schedule(cfg.solver, self.iters_per_epoch)
         crit = _criterion_of(model)
-        has_sb = any(hasattr(m, "consolidate") for m in model.modules())
-        self.sb_period = (cfg.loss.sb_period or self.iters_per_epoch) if has_sb else None
+        self.sb_period = (cfg.loss.sb_period or self.iters_per_epoch) if crit.has_self_balance else None
         for line in dataset_summary(self.train_ds, cfg.data.batch_size, self.world_size, split="train") + (
                 dataset_summary(self.val_ds, cfg.data.test_batch_size, self.world_size, drop_last=False, split="val")
                 if self.val_ds is not None else []):
@@ -130,8 +132,7 @@ class Trainer:
         log.info("%s", schedule_summary(self.schedule, self.sb_period))
         for line in schedule_warnings(self.schedule, self.sb_period):
             log.warning("%s", line)
-        if crit is not None and hasattr(crit, "set_period"):
-            crit.set_period(self.iters_per_epoch)
+        crit.set_period(self.iters_per_epoch)
         self.total_batch = self.world_size * cfg.data.batch_size
         self.optimizer = build_optimizer(model, cfg.solver, effective_lr(cfg.solver, self.total_batch))
         self.scheduler = build_scheduler(self.optimizer, cfg.solver, self.iters_per_epoch)
@@ -153,7 +154,6 @@ class Trainer:
                 warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
                 self.model = nn.parallel.DistributedDataParallel(
                     model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-        self.sbs = [m for m in unwrap(self.model).modules() if hasattr(m, "consolidate")]
         self.hooks: list[Hook] = [SignalHook(), LoggingHook(), EvalHook(), CheckpointHook()]
 
     # ------------------------------------------------------------------ the loop
@@ -219,8 +219,7 @@ class Trainer:
         s, model, crit = self.state, self.model, _criterion_of(self.model)
         t0 = time.perf_counter()
         log_now = (s.global_iter + 1) % self.cfg.runtime.log_interval == 0
-        if crit is not None and hasattr(crit, "track_balance"):
-            crit.track_balance = log_now
+        crit.track_balance = log_now
         # The forward updates buffers (BN statistics, self-balance sums): keep them for a non-finite dump.
         buffers_before = {k: b.detach().clone() for k, b in unwrap(model).named_buffers()}
         cpu_targets = targets
@@ -251,7 +250,7 @@ class Trainer:
                                  "data_time": self.data_time}
         if log_now:
             extra = {} if grad_norm is None else {"grad_norm": grad_norm}  # before clipping: a divergence sign
-            balance = getattr(crit, "last_balance", None) if crit is not None else None
+            balance = crit.last_balance
             if balance is not None:
                 extra.update(_balance_pos=balance[0], _balance_neg=balance[1])
             values = scalar_stats({"loss": total, **loss_dict, **extra})  # one host sync for all of them
@@ -283,8 +282,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints and evaluation
     def write_checkpoint(self, name: str, lean: bool) -> None:
         """Consolidate the self-balance sums (collective, every rank), then write ``name`` (rank 0 only)."""
-        for m in self.sbs:
-            m.consolidate()
+        _criterion_of(self.model).consolidate()
         s = self.state
         ckpt = make_checkpoint(self.model, self.optimizer, self.scheduler, self.scaler, self.cfg, epoch=s.epoch,
                                iter_in_epoch=s.iter_in_epoch, global_iter=s.global_iter, best_ap=s.best_ap,
@@ -295,7 +293,7 @@ class Trainer:
         self.last_written = (name, s.global_iter)
 
     def save_last(self) -> None:
-        if getattr(self, "last_written", None) != ("last.pth", self.state.global_iter):
+        if self.last_written != ("last.pth", self.state.global_iter):
             self.write_checkpoint("last.pth", lean=False)
 
     def evaluate(self) -> dict[str, Any]:
