@@ -7,7 +7,9 @@ Command-line overrides are ``dotted.key=value`` strings whose values are parsed 
 
 Everything is validated into dataclasses: an unknown key, a wrong type or a missing
 required value raises :class:`ConfigError` naming the key, the file (or "command line")
-and the closest valid key. Nothing is silently ignored. :func:`dump_config` writes the
+and the closest valid key. Nothing is silently ignored. The final config (file, base and
+overrides) is then checked by :mod:`detector.config_checks`: ranges, enumerations (with the
+closest valid name), cross-field rules and the weight files it names, all problems on one line. :func:`dump_config` writes the
 resolved config as YAML that :func:`load_config` reads back to an equal object.
 """
 from __future__ import annotations
@@ -426,11 +428,13 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
-def config_from_dict(raw: dict, source: str | Callable[[str], str] = "<dict>", check: bool = True) -> Config:
+def config_from_dict(raw: dict, source: str | Callable[[str], str] = "<dict>", check: bool = True,
+                     check_paths: bool = False) -> Config:
     """Validate a plain nested dict into a :class:`Config` (schedule pairs checked, ``data.size`` applied).
 
     With ``check`` the semantic rules of :mod:`detector.config_checks` run too (ranges, enumerations, cross-field
-    rules, files the config names); ``source`` may be a function key -> source for their messages.
+    rules), with ``check_paths`` also the existence of the files the config names (``model.weights``, a local
+    ``model.backbone.weights``); ``source`` may be a function key -> source for their messages.
     """
     where = source if isinstance(source, str) else source("")
     if isinstance(raw.get("solver"), dict):
@@ -442,7 +446,7 @@ def config_from_dict(raw: dict, source: str | Callable[[str], str] = "<dict>", c
         cfg.data.test_max = round(cfg.data.size * 5 / 3)
     if check:
         from .config_checks import check_config
-        check_config(cfg, source)
+        check_config(cfg, source, paths=check_paths)
     return cfg
 
 
@@ -497,7 +501,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raw = _merge(base_raw, raw)
         source = f"{path} (base {base_path.name})"
     raw.setdefault("name", path.stem)
-    cfg = config_from_dict(raw, source, check=not overrides)
+    cfg = config_from_dict(raw, source, check=not overrides, check_paths=True)
     if overrides:
         raw = apply_overrides(raw, overrides)
         keys = [o.split("=", 1)[0].strip() for o in overrides]
@@ -506,7 +510,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
             overridden = any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in keys)
             return "command line" if overridden or not key else source
 
-        cfg = config_from_dict(raw, source_of)
+        cfg = config_from_dict(raw, source_of, check_paths=True)
     return cfg
 
 

@@ -335,6 +335,9 @@ def _cross(cfg: Any, enums: dict[str, tuple[str, ...]]) -> list[Issue]:
     if d.test_max < d.test_short:
         out.append(("data.test_max", f"'data.test_max' ({d.test_max}) must be >= 'data.test_short' ({d.test_short}): "
                                      f"it caps the longer side of an image whose shorter side is test_short"))
+    if not cfg.name or "/" in cfg.name or "\\" in cfg.name or cfg.name in (".", ".."):
+        out.append(("name", f"'name' names the run directory checkpoints/<name>/: it must be a non-empty file name "
+                            f"without '/', got {cfg.name!r}"))
     if cfg.solver.warmup_iters is None and cfg.solver.warmup_epochs is None:
         out.append(("solver.warmup_iters", "give 'solver.warmup_iters' or 'solver.warmup_epochs' (0 = no warmup)"))
     if cfg.solver.epochs is None and cfg.solver.max_iters is None:
@@ -345,7 +348,8 @@ def _cross(cfg: Any, enums: dict[str, tuple[str, ...]]) -> list[Issue]:
 
 
 def _paths(cfg: Any) -> list[Issue]:
-    """Files the config names directly (weights); the dataset paths are checked when the datasets are built."""
+    """Files the config names directly (weights); the dataset paths are checked when the datasets are built
+    (:func:`data.build.dataset_paths`, naming the key), so a config can be loaded where its data is not."""
     out: list[Issue] = []
     if cfg.model.weights is not None and not Path(cfg.model.weights).expanduser().is_file():
         out.append(("model.weights", f"'model.weights': file not found: {cfg.model.weights} (a checkpoint of this "
@@ -354,9 +358,6 @@ def _paths(cfg: Any) -> list[Issue]:
     if bw is not None and _looks_like_path(bw) and not Path(bw).expanduser().is_file():
         out.append(("model.backbone.weights", f"'model.backbone.weights': file not found: {bw} (a torchvision "
                                               f"weights name such as IMAGENET1K_V1, a local .pth, or null)"))
-    if not cfg.name or "/" in cfg.name or "\\" in cfg.name or cfg.name in (".", ".."):
-        out.append(("name", f"'name' names the run directory checkpoints/<name>/: it must be a non-empty file name "
-                            f"without '/', got {cfg.name!r}"))
     return out
 
 
@@ -364,8 +365,12 @@ def _looks_like_path(text: str) -> bool:
     return "/" in text or "\\" in text or Path(text).suffix in (".pth", ".pt", ".pkl", ".bin", ".safetensors")
 
 
-def config_issues(cfg: Any) -> list[Issue]:
-    """Every semantic problem of ``cfg`` as (dotted key, message); empty when the config is usable."""
+def config_issues(cfg: Any, paths: bool = True) -> list[Issue]:
+    """Every semantic problem of ``cfg`` as (dotted key, message); empty when the config is usable.
+
+    ``paths``: also check that the files the config names exist (not for a config read back from a checkpoint,
+    whose ``model.weights`` may have been moved since: only the checkpoint's own weights are used then).
+    """
     enums = enum_values()
     out: list[Issue] = []
     for key in ("model.type", "model.backbone.name", "model.assigner.type", "model.fpn.extra_from",
@@ -376,7 +381,7 @@ def config_issues(cfg: Any) -> list[Issue]:
         except AttributeError:
             continue
         out += _enum(key, value, enums[key])
-    out += _ranges(cfg) + _lists(cfg) + _schedule(cfg.solver) + _cross(cfg, enums) + _paths(cfg)
+    out += _ranges(cfg) + _lists(cfg) + _schedule(cfg.solver) + _cross(cfg, enums) + (_paths(cfg) if paths else [])
     seen: set[str] = set()
     unique = []
     for key, msg in out:  # one message per key (e.g. loss.type unknown and unsupported by the model)
@@ -386,12 +391,12 @@ def config_issues(cfg: Any) -> list[Issue]:
     return unique
 
 
-def check_config(cfg: Any, source: str | Callable[[str], str] = "<config>") -> None:
+def check_config(cfg: Any, source: str | Callable[[str], str] = "<config>", paths: bool = True) -> None:
     """Raise :class:`ConfigError` listing every problem of ``cfg`` on one line, each prefixed by its source.
 
     ``source`` is a string or a function key -> source ("command line" for an overridden key, else the file).
     """
-    issues = config_issues(cfg)
+    issues = config_issues(cfg, paths)
     if not issues:
         return
     where = source if callable(source) else (lambda _key: source)

@@ -169,3 +169,29 @@ def test_bccd(bccd_dir):
     val = CocoDetection(bccd_dir / "annotations" / "instances_val.json", bccd_dir / "images", build_test_transform())
     image, t = val[0]
     assert image.shape == (3, 500, 667) and t["scale_factor"].tolist() == pytest.approx([667 / 640, 500 / 480])
+
+
+def test_truncated_real_photo_is_refused_where_opencv_decodes_it_grey(bccd_dir, tmp_path, caplog):
+    """A BCCD JPEG cut at half its bytes: cv2.imread returns a full-size image (the lower half filled in), the
+    dataset refuses it with the file and image id, or skips it in skip mode."""
+    import cv2
+
+    from data.coco import BadSampleError
+
+    raw = json.loads((bccd_dir / "annotations" / "instances_val.json").read_text())
+    first = raw["images"][0]
+    (tmp_path / "images").mkdir()
+    data = (bccd_dir / "images" / first["file_name"]).read_bytes()
+    (tmp_path / "images" / first["file_name"]).write_bytes(data[:len(data) // 2])
+    grey = cv2.imread(str(tmp_path / "images" / first["file_name"]))
+    assert grey is not None and grey.shape[:2] == (first["height"], first["width"])  # what used to be trained on
+    raw["images"] = [first]
+    raw["annotations"] = [a for a in raw["annotations"] if a["image_id"] == first["id"]]
+    (tmp_path / "val.json").write_text(json.dumps(raw))
+    ds = CocoDetection(tmp_path / "val.json", tmp_path / "images", build_test_transform())
+    with pytest.raises(BadSampleError, match=rf"image {first['id']}: .*{first['file_name']}: truncated JPEG"):
+        ds[0]
+    skipping = CocoDetection(tmp_path / "val.json", tmp_path / "images", build_test_transform(), skip_bad_images=True)
+    with caplog.at_level(logging.WARNING, logger="data.coco"):
+        assert skipping[0] is None
+    assert skipping.num_bad == 1 and any("truncated JPEG" in r.getMessage() for r in caplog.records)
