@@ -326,7 +326,11 @@ def load_release(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if _is_safetensors(path):
-        from safetensors import SafetensorError, safe_open
+        try:
+            from safetensors import SafetensorError, safe_open
+        except ImportError as e:
+            raise ConfigError(f"{path}: reading .safetensors files needs the safetensors package "
+                              f"(pip install -r requirements-export.txt)") from e
 
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:

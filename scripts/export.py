@@ -60,8 +60,10 @@ def write_release(detector: Detector, out: Path, safetensors: bool = False) -> P
     if not safetensors:
         atomic_save(payload, out)
         return out
-    from safetensors.torch import save_file
-
+    try:
+        from safetensors.torch import save_file
+    except ImportError as e:
+        raise ConfigError("--safetensors needs the safetensors package: pip install -r requirements-export.txt") from e
     if out.suffix != ".safetensors":
         raise ConfigError(f"--safetensors: the output file must end in .safetensors, got {out}")
     meta = {k: v for k, v in payload.items() if k != "model"}
@@ -95,7 +97,10 @@ def _metadata(detector: Detector) -> dict[str, str]:
 
 def export_onnx(detector: Detector, out: Path) -> Path:
     """The single-image graph with dynamic H and W, NMS inside (ONNX NonMaxSuppression), metadata attached."""
-    import onnx
+    try:
+        import onnx
+    except ImportError as e:
+        raise ConfigError("--format onnx needs the onnx package: pip install -r requirements-export.txt") from e
 
     module = ExportableRetinaNet(detector).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
