@@ -242,9 +242,9 @@ def _class_wise_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float) -
 class ExportableRetinaNet(nn.Module):
     """``forward(image (3, H, W) uint8 or float 0-255) -> (boxes (n, 4), scores (n,), labels (n,) int64)``.
 
-    The computation of :class:`Detector` for a RetinaNet (or FoveaBox-free anchor head with the same interface)
-    written without Python control flow on tensor values, so tracing keeps H and W dynamic. Boxes are in input
-    pixels, sorted by descending score.
+    The computation of :class:`Detector` for a RetinaNet, written without Python control flow on tensor values so
+    tracing keeps H and W dynamic. Boxes are in input pixels, sorted by descending score. Candidates are chosen as
+    ``model.test.candidates: anchors`` does (the ``nms_pre`` best anchors per level); other modes are refused.
     """
 
     def __init__(self, detector: Detector) -> None:
@@ -254,6 +254,9 @@ class ExportableRetinaNet(nn.Module):
 
         if type(model) is not RetinaNet:
             raise ConfigError(f"export supports RetinaNet models only, not {type(model).__name__}")
+        mode = getattr(detector.config.model.test, "candidates", "anchors") if detector.config else "anchors"
+        if mode != "anchors":
+            raise ConfigError(f"export implements model.test.candidates=anchors only, not {mode!r}")
         self.model = model
         self.short, self.max_long, self.size_divisor = detector.short, detector.max_long, detector.size_divisor
         gen = model.anchor_generator

@@ -137,6 +137,7 @@ def _tiny_config_file(tmp_path, coco_mini_dir, test_ann: str) -> "Path":
     return cfg_path
 
 
+@pytest.mark.slow
 def test_model_mode_on_coco_mini(coco_mini_dir, tmp_path, capsys):
     """A labelled split is scored (val, and test when its file has annotations); a split without annotations gets
     the submission files; a checkpoint without a config needs --config, one with a config does not."""
