@@ -10,8 +10,8 @@ runs=()
 for loss in $LOSSES; do
   out=checkpoints/bccd_${loss}_r18
   start=$(date +%s)
-  python train.py --config configs/bccd_${loss}_r18.yaml --output-dir "$out"
+  python train.py --config configs/bccd_${loss}_r18.yaml --output-dir "$out" --overwrite
   echo "bccd_${loss}_r18: $(( ($(date +%s) - start) / 60 )) min wall time"
   runs+=("$out")
 done
-python scripts/plot_curves.py "${runs[@]}" --out docs/bccd_curves.png
+python -m scripts.plot_curves "${runs[@]}" --out docs/bccd_curves.png

@@ -43,7 +43,11 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=5, help="timed iterations per variant")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check runs it on cuda)")
+    p.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA) + GradScaler, as train.py --amp")
     args = p.parse_args()
+    device = torch.device(args.device)
+    amp = args.amp and device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -52,20 +56,29 @@ def main() -> None:
     for name, ov in variants.items():
         cfg = load_config(args.config, ["model.backbone.weights=null", *ov])
         torch.manual_seed(0)
-        models[name] = build_model(cfg).train()
+        models[name] = build_model(cfg).to(device).train()
         models[name].criterion.set_period(3665)  # as in training: no SB update inside the timed window
         opts[name] = torch.optim.SGD([q for q in models[name].parameters() if q.requires_grad], lr=1e-4,
                                      momentum=0.9, weight_decay=1e-4)
     models["focal"].load_state_dict(models["alrp"].state_dict(), strict=False)
     images, targets = make_batch(args.batch, args.size, cfg.model.num_classes)
+    images = images.to(device)
+    targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+    scalers = {n: torch.amp.GradScaler(device.type, enabled=amp) for n in variants}
 
     def step(name: str) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
-        losses = models[name](images, targets)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            losses = models[name](images, targets)
         total = sum(v for k, v in losses.items() if k.startswith("loss_"))
         opts[name].zero_grad(set_to_none=True)
-        total.backward()
-        opts[name].step()
+        scalers[name].scale(total).backward()
+        scalers[name].step(opts[name])
+        scalers[name].update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - t0
 
     for _ in range(args.warmup):
@@ -76,7 +89,8 @@ def main() -> None:
         for name in variants:
             times[name].append(step(name))
     med = {n: statistics.median(t) for n, t in times.items()}
-    print(f"config {args.config}, batch {args.batch} x {args.size}x{args.size}, {torch.get_num_threads()} threads, "
+    print(f"config {args.config}, batch {args.batch} x {args.size}x{args.size}, {args.device}{' AMP' * amp}, "
+          f"{torch.get_num_threads()} threads, "
           f"median of {args.iters} iterations each (interleaved)")
     for name in variants:
         print(f"  {name:6s} {med[name]:.3f} s/iter  (all: {', '.join(f'{t:.3f}' for t in times[name])})")

@@ -22,7 +22,8 @@ step() {  # step NAME TIMEOUT COMMAND...
   RESULT[$name]="exit $code, $((SECONDS - t0)) s"
   echo "== $name: exit $code in $((SECONDS - t0)) s"; tail -n 12 "$OUT/$name.log"
 }
-step loss_cuda_vs_cpu 120 python -m scripts.gpu_check_loss
+CASES=(); [ -f ../shared/reference/alrp_cases.npz ] && CASES=(--cases ../shared/reference/alrp_cases.npz)
+step loss_cuda_vs_cpu 120 python -m scripts.gpu_check_loss "${CASES[@]}"
 step loss_benchmark 180 python -m scripts.benchmark_loss --device cuda --threads 1
 step train_step_r50_b8_amp 240 python -m scripts.benchmark_train_step --device cuda --amp --batch 8 --size 512 \
   --iters 10 --warmup 3

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """CUDA vs CPU agreement of the aLRP and AP losses (values and gradients), fp32 and fp16/bf16 logits.
 
-    python -m scripts.gpu_check_loss [--cases ../shared/reference/alrp_cases.npz]
+    python -m scripts.gpu_check_loss [--cases CASES.npz]
 
-Uses the reference cases of the authors' code when the file is there, else random cases of the same kinds
+Uses the given reference cases of the authors' code (an npz of logits/targets/e per case, the layout the test
+suite's reference cases have) when a file is given, else random cases of the same kinds
 (fresh-head and trained-like logits, ignored entries). The CPU float64 result is the yardstick: it is the one
 the test suite checks against the reference. Prints one row per (case kind, dtype) with the largest relative
 differences. Exits 1 if a float32 difference exceeds 1e-4 (half precision is reported, not judged).
@@ -56,13 +57,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", type=Path, default=Path("../shared/reference/alrp_cases.npz"))
+    p.add_argument("--cases", type=Path, default=None, help="npz of reference cases (default: random cases)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("gpu_check_loss: no CUDA device; nothing to check")
         return 0
     cases = _cases(args.cases)
-    print(f"{len(cases)} cases ({'reference' if args.cases.is_file() else 'random'}); max relative difference "
+    print(f"{len(cases)} cases ({'reference' if args.cases and args.cases.is_file() else 'random'}); max relative difference "
           f"vs CPU float64")
     print(f"{'dtype':9} {'cls':>9} {'loc':>9} {'grad':>9} {'grad_e':>9} {'ap':>9} {'ap_grad':>9}")
     worst_fp32 = 0.0
