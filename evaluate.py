@@ -161,49 +161,12 @@ def evaluate_results_file(args: argparse.Namespace) -> dict:
     return metrics
 
 
-def detect_dataset(detector, dataset, batch_size: int, num_workers: int = 0, world_size: int = 1, rank: int = 0,
-                   limit: int | None = None, show_progress: bool = True) -> list[dict]:
-    """COCO results of ``detector`` on ``dataset`` (images as stored: the detector preprocesses them).
-
-    Each rank runs its contiguous shard of the first ``limit`` images; rank 0 gets everything, sorted by image
-    and descending score (other ranks get an empty list).
-    """
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from data.build import worker_init_fn
-    from data.sampler import InferenceSampler
-    from detector import distributed as du
-    from detector.inference import list_collate, raw_image_transform, to_coco_results
-
-    dataset.transforms = raw_image_transform  # the Detector resizes and normalises
-    size = len(dataset) if limit is None else min(limit, len(dataset))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=InferenceSampler(size, world_size, rank),
-                        num_workers=num_workers, collate_fn=list_collate, worker_init_fn=worker_init_fn,
-                        pin_memory=detector.device.type == "cuda")
-    results: list[dict] = []
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="inference", disable=not (show_progress and du.is_main_process()),
-                          dynamic_ncols=True, leave=False):
-            if not batch:
-                continue
-            outputs = detector([image for image, _ in batch])
-            results.extend(to_coco_results(outputs, [t["image_id"] for _, t in batch], detector.category_ids))
-    gathered = du.all_gather_object(results)
-    if not du.is_main_process():
-        return []
-    merged = [r for part in gathered for r in part]
-    merged.sort(key=lambda r: (r["image_id"], -r["score"]))
-    return merged
-
-
 def run_model_inference(checkpoint: str | Path, split: str, config: str | Path | None = None,
                         overrides: list[str] | tuple[str, ...] = (), device_name: str | None = None,
                         max_images: int | None = None):
     """Load ``checkpoint`` into a Detector, build the split's dataset and run inference (all ranks).
 
-    Returns (results gathered on rank 0 (empty list elsewhere), dataset, detector). ``split`` is a key of SPLITS.
+    Returns (results gathered on every rank, dataset, detector). ``split`` is a key of SPLITS.
     """
     from data.build import build_dataset
     from detector.distributed import init_distributed, resolve_device
@@ -223,8 +186,10 @@ def run_model_inference(checkpoint: str | Path, split: str, config: str | Path |
         raise DataError(f"{checkpoint} predicts category ids {detector.category_ids[:10]} but the {split} split's "
                         f"annotation file has {dataset.label_to_cat_id[:10]}: evaluate on the dataset it was trained "
                         f"for")
-    results = detect_dataset(detector, dataset, cfg.data.test_batch_size, cfg.data.num_workers, world_size, rank,
-                             max_images)
+    from detector.engine import run_inference
+
+    results = run_inference(detector, dataset, cfg.data.test_batch_size, cfg.data.num_workers, world_size, rank,
+                            max_images)
     return results, dataset, detector
 
 

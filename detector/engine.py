@@ -1,14 +1,13 @@
 """Inference loop and the small helpers the trainer shares with it.
 
-``run_inference`` turns a test loader into COCO result dicts gathered on every rank; the training loop lives in
-:mod:`detector.trainer`.
+``run_inference`` runs a :class:`~detector.inference.Detector` over a dataset and gathers COCO result dicts on
+every rank; the training loop lives in :mod:`detector.trainer`.
 """
 from __future__ import annotations
 
 import logging
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from . import distributed as du
@@ -32,44 +31,37 @@ def scalar_stats(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
     return out
 
 
-def _to_coco(outputs: list[dict], targets: list[dict], label_to_cat_id: list[int]) -> list[dict]:
-    results = []
-    for out, tgt in zip(outputs, targets):
-        boxes = out["boxes"].float().cpu()
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-        for box, score, label in zip(xywh, out["scores"].float().cpu().tolist(), out["labels"].cpu().tolist()):
-            results.append({"image_id": int(tgt["image_id"]), "category_id": int(label_to_cat_id[label]),
-                            "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)})
-    return results
+def run_inference(detector, dataset, batch_size: int, num_workers: int = 0, world_size: int = 1, rank: int = 0,
+                  limit: int | None = None, show_progress: bool = True) -> list[dict]:
+    """COCO results of a :class:`~detector.inference.Detector` on ``dataset``, gathered on every rank.
 
-
-@torch.inference_mode()
-def run_inference(model: nn.Module, loader, device: torch.device, label_to_cat_id: list[int], amp: bool = False,
-                  show_progress: bool = True) -> list[dict]:
-    """Detections of every image in ``loader`` as COCO result dicts (xywh in original image coordinates).
-
-    Each rank runs its shard; the results are gathered on every rank (a collective: call it on all ranks).
-    A batch whose images were all skipped as bad (``None`` from the collate function) never reaches the model.
+    The one test-time path of the framework: ``evaluate.py`` and the trainer's validation both come here, and
+    the Detector does the resizing and normalisation (the dataset yields images as stored). Each rank runs its
+    contiguous shard of the first ``limit`` images; the results come back sorted by image and descending score.
+    A collective (all ranks call it). Images skipped as bad (``data.skip_bad_images``) never reach the model.
     """
-    was_training = model.training
-    model.eval()
+    from torch.utils.data import DataLoader
+
+    from data.build import worker_init_fn
+    from data.sampler import InferenceSampler
+    from .inference import list_collate, raw_image_transform, to_coco_results
+
+    dataset.transforms = raw_image_transform  # the Detector resizes and normalises
+    size = len(dataset) if limit is None else min(limit, len(dataset))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=InferenceSampler(size, world_size, rank),
+                        num_workers=num_workers, collate_fn=list_collate, worker_init_fn=worker_init_fn,
+                        pin_memory=detector.device.type == "cuda")
     results: list[dict] = []
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    bar = tqdm(total=len(loader), disable=not (show_progress and progress_enabled(du.is_main_process())),
-               desc="inference", dynamic_ncols=True, leave=False)
-    for batch in loader:
-        bar.update(1)
-        if batch is None or len(batch[1]) == 0:
-            continue
-        images, targets = batch
-        images = images.to(device, non_blocking=True)
-        tg = move_targets(targets, device)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
-            outputs = model(images, tg)
-        results.extend(_to_coco(outputs, targets, label_to_cat_id))
+    bar = tqdm(total=len(loader), desc="inference", dynamic_ncols=True, leave=False,
+               disable=not (show_progress and progress_enabled(du.is_main_process())))
+    with torch.inference_mode():
+        for batch in loader:
+            bar.update(1)
+            if not batch:
+                continue
+            outputs = detector([image for image, _ in batch])
+            results.extend(to_coco_results(outputs, [t["image_id"] for _, t in batch], detector.category_ids))
     bar.close()
-    model.train(was_training)
-    gathered = du.all_gather_object(results)
-    merged = [r for part in gathered for r in part]
+    merged = [r for part in du.all_gather_object(results) for r in part]
     merged.sort(key=lambda r: (r["image_id"], -r["score"]))
     return merged

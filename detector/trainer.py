@@ -40,6 +40,7 @@ from .config import Config, config_to_dict
 from .engine import move_targets, run_inference, scalar_stats
 from .errors import EXIT_OK, EXIT_PREEMPTED, DataError, NonFiniteLossError
 from .fuse import fuse_for_inference
+from .inference import Detector
 from .logger import MetricsWriter, progress_enabled
 from .losses import CriterionHooks, ddp_loss_scale
 from .solver import (build_optimizer, build_scheduler, effective_lr, resolve_schedule, schedule_summary,
@@ -298,13 +299,13 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Validation metrics on every rank: inference is sharded, scoring runs on rank 0 and is broadcast."""
-        from data.build import build_test_loader
         from detector.metrics import evaluate_detections
 
         cfg, ds = self.cfg, self.val_ds
-        loader = build_test_loader(cfg.data, ds, self.world_size, self.rank, limit=cfg.runtime.eval_max_images)
-        results = run_inference(fuse_for_inference(unwrap(self.model)), loader, self.device, ds.label_to_cat_id,
-                                amp=self.amp)
+        detector = Detector.from_config(fuse_for_inference(unwrap(self.model)), cfg, ds.class_names,
+                                        ds.label_to_cat_id, amp=self.amp)
+        results = run_inference(detector, ds, cfg.data.test_batch_size, cfg.data.num_workers, self.world_size,
+                                self.rank, limit=cfg.runtime.eval_max_images)
         n = cfg.runtime.eval_max_images
         img_ids = list(ds.ids)[:n] if n is not None else None
         metrics = evaluate_detections(ds.coco, results, lrp="grid", class_names=ds.class_names,

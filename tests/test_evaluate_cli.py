@@ -118,7 +118,7 @@ def _model_mode_available() -> str | None:
     try:
         from data.build import build_dataset, build_test_loader  # noqa: F401
         from detector.build import build_model  # noqa: F401
-        from detector.engine import run_inference  # noqa: F401
+        from detector.engine import run_inference  # noqa: F401  (the one test-time path)
         from detector.losses import build_criterion  # noqa: F401
     except ImportError as e:
         return f"model mode needs the model, data and engine modules: {e}"
