@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 from detector.cli import run_cli
@@ -92,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="optimal-LRP threshold search: 'grid' = 0.01 score grid as in the aLRP paper's numbers "
                              "(default); 'exact' = every detection score, as in the newest official LRP code")
     common.add_argument("--output-dir", type=Path, default=None,
-                        help="where results and reports go (model mode default: checkpoints/<config name>/"
-                             "eval_<split>/; results-file mode: no files unless given)")
+                        help="where results and reports go (model mode default: eval_<split>/ beside the "
+                             "checkpoint; results-file mode: no files unless given)")
     common.add_argument("--json-out", type=Path, default=None,
                         help="also write the metrics as JSON to this file (keys AP, AP50, AP75, AP90, APs, APm, APl, "
                              "oLRP, oLRP_loc, oLRP_fp, oLRP_fn, per_class, ...)")
@@ -129,8 +130,9 @@ def submission_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-") or "model"
 
 
-def default_output_dir(cfg_name: str, split: str) -> Path:
-    return Path("checkpoints") / cfg_name / f"eval_{split}"
+def default_output_dir(checkpoint: str | Path, split: str) -> Path:
+    """``eval_<split>/`` beside the checkpoint: the results stay with the run they belong to."""
+    return Path(checkpoint).parent / f"eval_{split}"
 
 
 def results_file_name(split: str, cfg_name: str) -> str:
@@ -166,7 +168,8 @@ def run_model_inference(checkpoint: str | Path, split: str, config: str | Path |
                         max_images: int | None = None):
     """Load ``checkpoint`` into a Detector, build the split's dataset and run inference (all ranks).
 
-    Returns (results gathered on every rank, dataset, detector). ``split`` is a key of SPLITS.
+    Returns (results gathered on every rank, dataset, detector, ids of the images that ran: bad ones skipped with
+    ``data.skip_bad_images`` are not among them). ``split`` is a key of SPLITS.
     """
     from data.build import build_dataset
     from detector.distributed import init_distributed, resolve_device
@@ -188,9 +191,13 @@ def run_model_inference(checkpoint: str | Path, split: str, config: str | Path |
                         f"for")
     from detector.engine import run_inference
 
-    results = run_inference(detector, dataset, cfg.data.test_batch_size, cfg.data.num_workers, world_size, rank,
-                            max_images)
-    return results, dataset, detector
+    results, ran = run_inference(detector, dataset, cfg.data.test_batch_size, cfg.data.num_workers, world_size,
+                                 rank, max_images)
+    n = min(max_images or len(dataset), len(dataset))
+    if len(ran) < n:
+        print(f"warning: {n - len(ran)} of {n} images were skipped as bad and are left out of the scores",
+              file=sys.stderr)
+    return results, dataset, detector, ran
 
 
 def evaluate_model(args: argparse.Namespace) -> dict | None:
@@ -198,14 +205,14 @@ def evaluate_model(args: argparse.Namespace) -> dict | None:
     from detector.distributed import cleanup, is_main_process
 
     try:
-        results, dataset, detector = run_model_inference(args.checkpoint, args.split, args.config, args.overrides,
+        results, dataset, detector, ran = run_model_inference(args.checkpoint, args.split, args.config, args.overrides,
                                                          args.device, args.max_images)
         if not is_main_process():
             return None
         cfg = detector.config
-        out_dir = args.output_dir or default_output_dir(cfg.name, args.split)
+        out_dir = args.output_dir or default_output_dir(args.checkpoint, args.split)
         coco = dataset.coco
-        img_ids = [int(i) for i in dataset.ids[:args.max_images]] if args.max_images is not None else None
+        img_ids = ran if len(ran) < len(dataset) else None
         results = validate_results(results, coco, source="model output", allow_empty=True)
         json_path = write_results(results, out_dir / results_file_name(args.split, cfg.name))
         n_images = len(img_ids or dataset.ids)

@@ -56,7 +56,7 @@ def dataset_paths(data_cfg: DataCfg, split: str) -> tuple[Path, Path]:
 
 
 def build_dataset(data_cfg: DataCfg, split: str, num_classes: int | None = None) -> CocoDetection:
-    """The dataset of ``split`` ('train', 'val' or 'test') with its pipeline (SPEC §6), validated.
+    """The dataset of ``split`` ('train', 'val' or 'test') with its pipeline (docs/REPRODUCTION.md §6), validated.
 
     ``num_classes`` (``model.num_classes``), when given, must equal the number of categories the file declares.
     """

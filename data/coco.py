@@ -1,4 +1,4 @@
-"""COCO-format detection dataset (pycocotools) with the release's annotation rules (SPEC §6).
+"""COCO-format detection dataset (pycocotools) with the release's annotation rules (docs/REPRODUCTION.md §6).
 
 * Category ids may be non-contiguous: ``cat_ids`` (sorted) <-> contiguous labels ``0..K-1``.
 * Image and annotation ids stay Python ints (COCO crowd annotation ids exceed 2^32; nothing here

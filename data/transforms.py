@@ -1,4 +1,4 @@
-"""SSD-style training pipeline (SPEC §6) and the keep-ratio test resize, on albumentations 2.x.
+"""SSD-style training pipeline (docs/REPRODUCTION.md §6) and the keep-ratio test resize, on albumentations 2.x.
 
 Both pipelines are :class:`albumentations.Compose` objects with ``BboxParams(format="pascal_voc",
 label_fields=["labels", "iscrowd"])`` wrapped in a small callable that seeds the randomness per sample
@@ -429,7 +429,7 @@ def build_train_transform(train_size: int = 512, photometric: bool = True, expan
                           min_iou_crop: bool = True, min_ious: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
                           min_crop_size: float = 0.3, flip_prob: float = 0.5,
                           extra: Sequence[A.BasicTransform] = (), fuse: bool = True) -> TrainTransform:
-    """SPEC §6 train pipeline: photometric, Expand, MinIoURandomCrop, [extra], square resize, flip, normalise.
+    """docs/REPRODUCTION.md §6 train pipeline: photometric, Expand, MinIoURandomCrop, [extra], square resize, flip, normalise.
 
     ``extra`` albumentations transforms run on the float32 0-255 RGB image right before the resize.
     ``fuse`` runs Expand + MinIoURandomCrop as :class:`ExpandMinIoUCrop` (same output, less memory traffic).
@@ -453,7 +453,7 @@ def build_train_transform(train_size: int = 512, photometric: bool = True, expan
 
 
 def build_test_transform(short: int = 500, max_long: int = 833) -> TestTransform:
-    """SPEC §6 test pipeline: keep-ratio resize (short side, long side capped) and normalise."""
+    """docs/REPRODUCTION.md §6 test pipeline: keep-ratio resize (short side, long side capped) and normalise."""
     steps = [KeepRatioResize(short, max_long),
              A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=1.0)]
     return TestTransform(A.Compose(steps, bbox_params=A.BboxParams(**_BBOX_PARAMS), seed=0))

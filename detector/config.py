@@ -36,11 +36,11 @@ from .errors import ConfigError  # noqa: E402  (re-exported: ``from detector.con
 
 
 # --------------------------------------------------------------------------------------------
-# Sections. Field names are constructor keyword names; defaults are the paper's (SPEC §5).
+# Sections. Field names are constructor keyword names; defaults are the paper's (docs/REPRODUCTION.md §5).
 # --------------------------------------------------------------------------------------------
 @dataclass
 class BackboneCfg:
-    """ResNet/ResNeXt body from torchvision (SPEC §5)."""
+    """ResNet/ResNeXt body from torchvision (docs/REPRODUCTION.md §5)."""
     name: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | resnext101_64x4d
     weights: str | None = None  # torchvision enum name (e.g. IMAGENET1K_V1) or a local .pth path; None = random
     frozen_stages: int = 1  # stem + stage 1 (res2) frozen
@@ -89,7 +89,7 @@ class AssignerCfg:
 
 @dataclass
 class TestCfg:
-    """Inference settings (SPEC §2.6, §8.11)."""
+    """Inference settings (docs/REPRODUCTION.md §2.6, §8.11)."""
     nms_pre: int = 1000
     score_thr: float = 0.05
     nms_iou: float = 0.5
@@ -99,7 +99,7 @@ class TestCfg:
 
 @dataclass
 class FoveaCfg:
-    """FoveaBox targets (SPEC §4.1); used when model.type == fovea."""
+    """FoveaBox targets (docs/REPRODUCTION.md §4.1); used when model.type == fovea."""
     sigma: float = 0.4
     base_edges: list[float] = field(default_factory=lambda: [16.0, 32.0, 64.0, 128.0, 256.0])
     scale_ranges: list[list[float]] = field(default_factory=lambda: [[1.0, 64.0], [32.0, 128.0], [64.0, 256.0],
@@ -108,7 +108,7 @@ class FoveaCfg:
 
 @dataclass
 class RPNCfg:
-    """Faster R-CNN region proposal network (SPEC §4.2, §5); used when model.type == faster_rcnn."""
+    """Faster R-CNN region proposal network (docs/REPRODUCTION.md §4.2, §5); used when model.type == faster_rcnn."""
     anchor_scales: list[float] = field(default_factory=lambda: [8.0])
     anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     anchor_strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
@@ -129,7 +129,7 @@ class RPNCfg:
 
 @dataclass
 class RoICfg:
-    """Faster R-CNN RoI head: shared 2-fc (SPEC §4.2, §5)."""
+    """Faster R-CNN RoI head: shared 2-fc (docs/REPRODUCTION.md §4.2, §5)."""
     fc_channels: int = 1024
     roi_size: int = 7
     pos_iou: float = 0.5
@@ -161,7 +161,7 @@ class ModelCfg:
 
 @dataclass
 class AugCfg:
-    """SSD-style training augmentation (SPEC §6); each stage can be switched off."""
+    """SSD-style training augmentation (docs/REPRODUCTION.md §6); each stage can be switched off."""
     photometric: bool = True
     expand: bool = True
     expand_prob: float = 0.5
@@ -225,7 +225,7 @@ class LossCfg:
 
 @dataclass
 class SolverCfg:
-    """SGD with linear warmup and step decay (SPEC §5)."""
+    """SGD with linear warmup and step decay (docs/REPRODUCTION.md §5)."""
     base_lr: float = 0.008
     momentum: float = 0.9
     weight_decay: float = 1e-4

@@ -32,26 +32,27 @@ def scalar_stats(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
 
 
 def run_inference(detector, dataset, batch_size: int, num_workers: int = 0, world_size: int = 1, rank: int = 0,
-                  limit: int | None = None, show_progress: bool = True) -> list[dict]:
-    """COCO results of a :class:`~detector.inference.Detector` on ``dataset``, gathered on every rank.
+                  limit: int | None = None, show_progress: bool = True) -> tuple[list[dict], list[int]]:
+    """COCO results of a :class:`~detector.inference.Detector` on ``dataset``, and the ids of the images it ran on,
+    both gathered on every rank.
 
     The one test-time path of the framework: ``evaluate.py`` and the trainer's validation both come here, and
     the Detector does the resizing and normalisation (the dataset yields images as stored). Each rank runs its
     contiguous shard of the first ``limit`` images; the results come back sorted by image and descending score.
-    A collective (all ranks call it). Images skipped as bad (``data.skip_bad_images``) never reach the model.
+    A collective (all ranks call it). Images skipped as bad (``data.skip_bad_images``) never reach the model and
+    are left out of the returned ids, so they can be left out of the scoring too.
     """
-    from torch.utils.data import DataLoader
-
-    from data.build import worker_init_fn
+    from data.build import Loader, worker_init_fn
     from data.sampler import InferenceSampler
     from .inference import list_collate, raw_image_transform, to_coco_results
 
     dataset.transforms = raw_image_transform  # the Detector resizes and normalises
     size = len(dataset) if limit is None else min(limit, len(dataset))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=InferenceSampler(size, world_size, rank),
+    loader = Loader(dataset, batch_size=batch_size, sampler=InferenceSampler(size, world_size, rank),
                         num_workers=num_workers, collate_fn=list_collate, worker_init_fn=worker_init_fn,
                         pin_memory=detector.device.type == "cuda")
     results: list[dict] = []
+    ran: list[int] = []
     bar = tqdm(total=len(loader), desc="inference", dynamic_ncols=True, leave=False,
                disable=not (show_progress and progress_enabled(du.is_main_process())))
     with torch.inference_mode():
@@ -60,8 +61,11 @@ def run_inference(detector, dataset, batch_size: int, num_workers: int = 0, worl
             if not batch:
                 continue
             outputs = detector([image for image, _ in batch])
-            results.extend(to_coco_results(outputs, [t["image_id"] for _, t in batch], detector.category_ids))
+            ids = [t["image_id"] for _, t in batch]
+            ran.extend(int(i) for i in ids)
+            results.extend(to_coco_results(outputs, ids, detector.category_ids))
     bar.close()
-    merged = [r for part in du.all_gather_object(results) for r in part]
+    parts = du.all_gather_object((results, ran))
+    merged = [r for part, _ in parts for r in part]
     merged.sort(key=lambda r: (r["image_id"], -r["score"]))
-    return merged
+    return merged, sorted(i for _, ids in parts for i in ids)

@@ -419,7 +419,9 @@ def load_detector(path: str | Path, config: Config | str | Path | None = None, d
 
     obj = load_release(path)
     if config is not None:
-        cfg = config if isinstance(config, Config) else load_config(config)
+        # the checkpoint holds every weight: files the config names for training need not exist any more
+        cfg = config if isinstance(config, Config) else load_config(
+            config, ["model.weights=null", "model.backbone.weights=null"])
         raw = config_to_dict(cfg)
     elif isinstance(obj.get("config"), dict):
         raw = obj["config"]

@@ -1,4 +1,4 @@
-"""Test-time decoding of RetinaNet outputs into per-image detections (SPEC §2.6, §8.11).
+"""Test-time decoding of RetinaNet outputs into per-image detections (docs/REPRODUCTION.md §2.6, §8.11).
 
 Per level: keep the ``nms_pre`` anchors with the highest max-class score (ranked on logits, since the
 sigmoid is monotonic, so only the kept rows are passed through it), decode, clip to the image. Then over

@@ -112,10 +112,11 @@ class Trainer:
         if cfg.model.weights:
             load_model_weights(model, cfg.model.weights, strict=cfg.model.weights_strict)
         self.model = model
-        self.val_ds = build_dataset(cfg.data, "val") if (cfg.runtime.eval_interval > 0 or eval_only) else None
+        self.val_ds = (build_dataset(cfg.data, "val", num_classes=cfg.model.num_classes)
+                       if (cfg.runtime.eval_interval > 0 or eval_only) else None)
         if eval_only:
             return
-        self.train_ds = build_dataset(cfg.data, "train")
+        self.train_ds = build_dataset(cfg.data, "train", num_classes=cfg.model.num_classes)
         self.loader, self.sampler = build_train_loader(cfg.data, self.train_ds, cfg.runtime.seed, self.world_size,
                                                        self.rank)
         self.loader.worker_init_fn = functools.partial(_ignore_stop_signals, inner=self.loader.worker_init_fn)
@@ -304,10 +305,12 @@ class Trainer:
         cfg, ds = self.cfg, self.val_ds
         detector = Detector.from_config(fuse_for_inference(unwrap(self.model)), cfg, ds.class_names,
                                         ds.label_to_cat_id, amp=self.amp)
-        results = run_inference(detector, ds, cfg.data.test_batch_size, cfg.data.num_workers, self.world_size,
-                                self.rank, limit=cfg.runtime.eval_max_images)
-        n = cfg.runtime.eval_max_images
-        img_ids = list(ds.ids)[:n] if n is not None else None
+        results, ran = run_inference(detector, ds, cfg.data.test_batch_size, cfg.data.num_workers, self.world_size,
+                                     self.rank, limit=cfg.runtime.eval_max_images)
+        n = min(cfg.runtime.eval_max_images or len(ds), len(ds))
+        img_ids = None if len(ran) == len(ds) else ran  # images skipped as bad are not scored as missed
+        if len(ran) < n:
+            log.warning("validation: %d of %d images were skipped as bad and are left out of the scores", n - len(ran), n)
         metrics = evaluate_detections(ds.coco, results, lrp="grid", class_names=ds.class_names,
                                       img_ids=img_ids) if self.is_main else None
         return du.broadcast_object(metrics)

@@ -86,7 +86,7 @@ def _from_checkpoint(args: argparse.Namespace):
     """(coco, results, image_dir, names, image ids) from running the checkpoint on the split (evaluate.py's code)."""
     from evaluate import run_model_inference
 
-    results, dataset, _ = run_model_inference(args.checkpoint, args.split, args.config, args.overrides, args.device,
+    results, dataset, _, _ = run_model_inference(args.checkpoint, args.split, args.config, args.overrides, args.device,
                                               args.max_images)
     coco = load_gt(args.ann_file) if args.ann_file else dataset.coco
     images = args.images if args.images is not None else Path(dataset.image_dir)

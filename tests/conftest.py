@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ALRP_SHARED_DIR", REPO.parent / "shared"))
-sys.path.insert(0, str(REPO))
 
 
 def _need(path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Loop oracles for aLRP and AP Loss, written straight from the paper's equations and SPEC §1-§3.
+"""Loop oracles for aLRP and AP Loss, written straight from the paper's equations and docs/REPRODUCTION.md §1-§3.
 
 One step per positive (visited in ascending score order), each step vectorised over the relevant negatives and
 the other positives, as in the authors' release: O(P·N) work. Used by the tests and scripts/benchmark_loss.py.
@@ -59,7 +59,7 @@ def alrp_oracle(logits: Tensor, targets: Tensor, loc_errors: Tensor, delta: floa
 
 
 def ap_oracle(logits: Tensor, targets: Tensor, delta: float = 1.0) -> dict[str, Tensor]:
-    """AP Loss with interpolated precision (SPEC §3.1): loss and grad (divided by P)."""
+    """AP Loss with interpolated precision (docs/REPRODUCTION.md §3.1): loss and grad (divided by P)."""
     grad = torch.zeros_like(logits)
     pos = targets == 1
     fg = logits[pos]

@@ -1,4 +1,4 @@
-"""Anchor sizes, order and centres per level against hand-computed values (SPEC §5)."""
+"""Anchor sizes, order and centres per level against hand-computed values (docs/REPRODUCTION.md §5)."""
 from __future__ import annotations
 
 import math

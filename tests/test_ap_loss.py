@@ -1,4 +1,4 @@
-"""AP Loss (interpolated, SPEC §3.1): reference cases, balance, ignored entries, zero positives, the oracle."""
+"""AP Loss (interpolated, docs/REPRODUCTION.md §3.1): reference cases, balance, ignored entries, zero positives, the oracle."""
 from __future__ import annotations
 
 import numpy as np

@@ -350,8 +350,7 @@ DATA_ROWS = [
     Row("annotation_id_0_val", EXIT_DATA, (r"val\.json: annotation 0 of image 102 .*integers >= 1",),
         _with_json("val", _ann_id_zero)),
     Row("num_classes_vs_categories", EXIT_CONFIG, (r"model\.num_classes is 5 but .*declares 2 categories",),
-        _override("model.num_classes=5"),
-        xfail="lead: Trainer passes cfg.model.num_classes to build_dataset(..., num_classes=)"),
+        _override("model.num_classes=5")),
 ] + [
     Row(f"truncated_jpeg_{int(f * 100)}", EXIT_DATA, (rf"image 2: .*train1\.jpg: truncated JPEG", r"train\.json"),
         _with_file("train1.jpg", lambda p, f=f: truncate(p, f), "solver.max_iters=3"))  # one epoch: all images

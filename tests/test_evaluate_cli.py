@@ -105,7 +105,7 @@ def test_help_explains_every_option(capsys):
 
 def test_submission_name():
     assert evaluate.submission_name("alrp_r50_atss_500") == "alrp-r50-atss-500"
-    assert evaluate.default_output_dir("x", "minival").as_posix() == "checkpoints/x/eval_minival"
+    assert evaluate.default_output_dir("checkpoints/x/best.pth", "minival").as_posix() == "checkpoints/x/eval_minival"
     assert evaluate.results_file_name("test", "my_run") == "detections_test_my-run_results.json"
     assert evaluate.results_file_name("test-dev", "a") == "detections_test-dev2017_a_results.json"
 

@@ -1,4 +1,4 @@
-"""SSD-style train pipeline (SPEC §6) and test resize: exact pieces and properties over many seeds."""
+"""SSD-style train pipeline (docs/REPRODUCTION.md §6) and test resize: exact pieces and properties over many seeds."""
 from __future__ import annotations
 
 import albumentations as A

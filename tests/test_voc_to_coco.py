@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import voc_to_coco  # noqa: E402
-
-from data.coco import CocoDetection  # noqa: E402
+from data.coco import CocoDetection
+from scripts import voc_to_coco
 
 
 def _xml(name: str, w: int, h: int, objects: list[tuple]) -> str:

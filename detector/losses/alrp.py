@@ -1,6 +1,6 @@
 r"""aLRP Loss (Oksuz et al., NeurIPS 2020) with the release's conventions, computed without a loop.
 
-Conventions (SPEC §1, §2.3): ``s`` are raw logits, ``H(x) = clamp(x / 2δ + 1/2, 0, 1)``. For positive i and any
+Conventions (docs/REPRODUCTION.md §1, §2.3): ``s`` are raw logits, ``H(x) = clamp(x / 2δ + 1/2, 0, 1)``. For positive i and any
 other entry j, ``h_ij = H(s_j - s_i)`` (smoothed everywhere, also between positives; ``h_ii = 0``).
 
     rank_pos(i) = 1 + Σ_{k≠i} h_ik     FP(i) = Σ_{j∈N} h_ij     rank(i) = rank_pos(i) + FP(i)
@@ -326,7 +326,7 @@ def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class ALRPClassification(torch.autograd.Function):
-    """``(cls_loss, rank, order)`` of aLRP; the backward pass delivers the error-driven gradient (SPEC §1).
+    """``(cls_loss, rank, order)`` of aLRP; the backward pass delivers the error-driven gradient (docs/REPRODUCTION.md §1).
 
     ``rank`` (float64) follows ``logits[targets == 1]`` order; ``order`` is the stable ascending argsort of those
     logits. Neither is differentiable. ``weight`` multiplies the loss and the gradient (the RPN variant).
@@ -383,7 +383,7 @@ class ALRPClassification(torch.autograd.Function):
 
 
 def alrp_loc_loss(loc_errors: Tensor, rank: Tensor, order: Tensor) -> Tensor:
-    """Localisation component (SPEC §2.3): ``mean_q cumsum(E[d])[q] / rank[d[q]]``, d = ``order`` flipped.
+    """Localisation component (docs/REPRODUCTION.md §2.3): ``mean_q cumsum(E[d])[q] / rank[d[q]]``, d = ``order`` flipped.
 
     Differentiable w.r.t. ``loc_errors`` only. With zero positives it is ``loc_errors.sum()`` (0, in the graph).
     """

@@ -1,4 +1,4 @@
-"""AP Loss (Chen et al.) as in the aLRP release's mmdet copy (SPEC §3.1), loop-free.
+"""AP Loss (Chen et al.) as in the aLRP release's mmdet copy (docs/REPRODUCTION.md §3.1), loop-free.
 
 Relations, ranks and FP are those of aLRP (smoothed step everywhere, see :mod:`detector.losses.alrp`). Positives
 are visited in ascending score order with a running maximum of the precision (interpolated AP):

@@ -1,4 +1,4 @@
-"""Optimal LRP (oLRP) on top of pycocotools' own matching (see ../shared/LRP_SPEC.md).
+"""Optimal LRP (oLRP) on top of pycocotools' own matching, as the official LRP-Error code computes it.
 
 For one class, at a score threshold s (τ = 0.5, the detections with score >= s):
 
