@@ -44,6 +44,14 @@ class _ConsoleHandler(logging.StreamHandler):
         self.debug = debug
         self.tty = is_terminal()
 
+    @property
+    def stream(self):  # the current sys.stderr, also when it was replaced after set-up (captured, redirected)
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
     def format(self, record: logging.LogRecord) -> str:
         if record.name == "fatal":
             line = record.getMessage()
