@@ -102,14 +102,19 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("loss", [
-    "alrp", pytest.param("ap", marks=pytest.mark.slow), pytest.param("focal", marks=pytest.mark.slow)])
+    "alrp", pytest.param("ap", marks=pytest.mark.slow), pytest.param("focal", marks=pytest.mark.slow),
+    pytest.param("alrp-global", marks=pytest.mark.slow)])
 def test_torchrun_with_validation_writes_best_and_exits_0(tmp_path, data_root, loss):
-    """The first evaluation of a multi-process run used to abort gloo (a collective inside a rank-0 branch)."""
+    """The first evaluation of a multi-process run used to abort gloo (a collective inside a rank-0 branch).
+
+    ``alrp-global`` runs the trainer with ``loss.rank_scope=global`` (one ranking over both processes' images)."""
     out = tmp_path / "run"
     args = _args(out, data_root, "data.batch_size=2", "solver.epochs=2", "solver.lr_steps=[1]",
-                 "runtime.eval_interval=1", f"loss.type={loss}")
-    if loss != "alrp":
+                 "runtime.eval_interval=1", f"loss.type={loss.split('-')[0]}")
+    if loss.startswith("ap") or loss == "focal":
         args.append("loss.reg=smooth_l1")
+    if loss.endswith("global"):
+        args.append("loss.rank_scope=global")
     proc = _torchrun(args, tmp_path / "torchrun.log")
     assert _wait([proc]) == [0], (tmp_path / "torchrun.log").read_text()[-3000:]
     assert (out / "best.pth").is_file() and (out / "last.pth").is_file()

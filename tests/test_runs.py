@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import train
 from detector.checkpoint import safe_load
 from detector.config import load_config
-from detector.errors import EXIT_CONFIG, ConfigError
+from detector.errors import EXIT_CONFIG, CheckpointError, ConfigError
 from detector.runs import split_resume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,3 +129,22 @@ def test_config_error_exits_2_with_one_line_and_writes_nothing(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "solver.base_lrr" in lines[0] and "solver.base_lr" in lines[0]
     assert not out.exists()
+
+
+def test_fine_tune_from_a_detector_with_another_class_count(tmp_path, data_root):
+    """model.weights from a 4-class run into a 3-class detector: everything but the class logits is loaded."""
+    from detector.build import build_model
+    from detector.checkpoint import load_model_weights
+
+    src = tmp_path / "src"
+    assert train.run(args(src, data_root, "solver.max_iters=1"))[0] == 0
+    weights = safe_load(src / "last.pth")["model"]
+    cfg = load_config(REPO / "configs" / "default.yaml", TINY + ["model.num_classes=3"])
+    target = build_model(cfg)
+    skipped = load_model_weights(target, src / "last.pth")
+    own = target.state_dict()
+    assert skipped and all("cls" in k for k in skipped), skipped  # only the class logits layer misfits
+    loaded = [k for k in own if k in weights and k not in skipped and not k.startswith("criterion.")]
+    assert len(loaded) > 50 and all(torch.equal(own[k], weights[k]) for k in loaded)
+    with pytest.raises(CheckpointError, match="weights_strict"):
+        load_model_weights(build_model(cfg), src / "last.pth", strict=True)
