@@ -73,26 +73,19 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def any_over_ranks(flags: list[bool], device: torch.device | str = "cpu") -> list[bool]:
-    """Element-wise OR of a few booleans over the ranks (one small all-reduce; no-op in a single process)."""
-    if not is_dist():
-        return list(flags)
-    t = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+def any_over_ranks(flags: list[bool] | torch.Tensor, device: torch.device | str = "cpu") -> list[bool]:
+    """Element-wise OR over the ranks of a few booleans, or of a small float tensor of 0/1 flags already on the
+    device (one all-reduce and one host sync; in a single process just the sync)."""
+    t = flags if torch.is_tensor(flags) else torch.tensor([float(f) for f in flags], device=device)
+    if is_dist():
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
 
 
 def barrier() -> None:
     if is_dist():
         dist.barrier()
-
-
-def max_over_ranks(values: torch.Tensor) -> list[float]:
-    """Element-wise maximum of a small 1-D tensor over the ranks, as Python floats (one all-reduce, one sync)."""
-    if is_dist():
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
-    return values.tolist()
 
 
 def cleanup() -> None:

@@ -26,7 +26,7 @@ def scalar_stats(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
     keys = [k for k, v in values.items() if torch.is_tensor(v)]
     out = {k: float(v) for k, v in values.items() if not torch.is_tensor(v)}
     if keys:
-        vals = torch.stack([values[k].detach().float().reshape(()).cpu() for k in keys]).tolist()
+        vals = torch.stack([values[k].detach().float().reshape(()) for k in keys]).tolist()
         out.update(zip(keys, vals))
     return out
 

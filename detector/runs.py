@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +27,6 @@ def split_resume(argv: list[str] | None) -> tuple[list[str], str | None]:
     A following token is the checkpoint only if it is neither an option nor a ``key=value`` override, so
     ``--resume solver.epochs=120`` resumes from OUTPUT_DIR/last.pth and extends the schedule.
     """
-    import sys
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, resume = [], None
     i = 0

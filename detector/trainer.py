@@ -156,6 +156,7 @@ class Trainer:
                 warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
                 self.model = nn.parallel.DistributedDataParallel(
                     model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        self.mutable_buffers: list[tuple[str, torch.Tensor]] = []  # set once the model is in training mode
         self.hooks: list[Hook] = [SignalHook(), LoggingHook(), EvalHook(), CheckpointHook()]
 
     # ------------------------------------------------------------------ the loop
@@ -168,6 +169,8 @@ class Trainer:
         try:
             while s.global_iter < self.schedule.total_iters and status == "finished":
                 self.sampler.set_epoch(s.epoch, s.iter_in_epoch)
+                self.model.train()  # frozen stages and norm_eval BatchNorm stay in eval mode (backbone.train)
+                self.mutable_buffers = _buffers_the_forward_updates(unwrap(self.model))
                 for batch in self._timed(self.loader):
                     if self._agree_stop(batch):
                         status = "preempted"
@@ -222,8 +225,9 @@ class Trainer:
         t0 = time.perf_counter()
         log_now = (s.global_iter + 1) % self.cfg.runtime.log_interval == 0
         crit.track_balance = log_now
-        # The forward updates buffers (BN statistics, self-balance sums): keep them for a non-finite dump.
-        buffers_before = {k: b.detach().clone() for k, b in unwrap(model).named_buffers()}
+        # The forward updates some buffers (BN statistics in training mode, self-balance sums): keep those for a
+        # non-finite dump, so that it holds the state before the step.
+        buffers_before = {k: b.detach().clone() for k, b in self.mutable_buffers}
         cpu_targets = targets
         images = images.to(self.device, non_blocking=True)
         if self.cfg.runtime.channels_last and self.device.type == "cuda":
@@ -233,8 +237,8 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=amp_dtype, enabled=self.amp):
             loss_dict = model(images, targets)
         total = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
-        non_finite = not bool(torch.isfinite(total.detach()))
-        if du.any_over_ranks([non_finite], self.device)[0]:  # every rank stops at the same step
+        non_finite = (~torch.isfinite(total.detach())).float().reshape(1)
+        if du.any_over_ranks(non_finite)[0]:  # one sync; every rank stops at the same step
             self._dump_non_finite(loss_dict, images, cpu_targets, buffers_before)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total * self.loss_scale if self.loss_scale != 1.0 else total).backward()
@@ -314,6 +318,17 @@ class Trainer:
         metrics = evaluate_detections(ds.coco, results, lrp="grid", class_names=ds.class_names,
                                       img_ids=img_ids) if self.is_main else None
         return du.broadcast_object(metrics)
+
+
+def _buffers_the_forward_updates(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(name, buffer) of what a training forward can change: BatchNorm statistics of BN layers in training mode
+    (frozen BN and ``norm_eval`` layers never change) and the criterion's state (self-balance sums)."""
+    out = []
+    for prefix, m in model.named_modules():
+        if prefix == "criterion" or prefix.startswith("criterion.") or (
+                isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats):
+            out.extend((f"{prefix}.{n}" if prefix else n, b) for n, b in m.named_buffers(recurse=False))
+    return out
 
 
 def _build_model(cfg: Config) -> nn.Module:

@@ -240,3 +240,20 @@ def test_nan_on_one_rank_stops_every_rank(tmp_path, data_root):
     assert r0["code"] == r1["code"] == EXIT_NON_FINITE
     assert "non-finite loss at iteration 2" in r0["message"] and "non-finite loss at iteration 2" in r1["message"]
     assert safe_load(out / "nan_dump.pth", verify=False)["global_iter"] == 2
+
+
+def test_norm_eval_keeps_batchnorm_statistics_frozen_while_training(tmp_path, data_root):
+    """With model.backbone.norm_eval=true (every paper config) the backbone's BN statistics never move, while
+    the weights do; the trainer puts the model in training mode through the backbone's own ``train()``."""
+    from detector.build import build_model
+
+    extra = ["model.backbone.norm_eval=true", "model.backbone.frozen_stages=1"]
+    torch.manual_seed(0)  # as the trainer does (runtime.seed) before building the model
+    init = build_model(load_config(REPO / "configs" / "default.yaml", TINY + extra)).state_dict()
+    code, model, _ = train.run(tiny_args(tmp_path / "run", data_root, "solver.max_iters=2", *extra))
+    assert code == 0
+    after = model.state_dict()
+    stats = [k for k in after if k.startswith("backbone.layer") and "running_" in k]
+    assert stats and all(torch.equal(after[k], init[k]) for k in stats)
+    conv = "backbone.layer2.0.conv1.weight"
+    assert not torch.equal(after[conv], init[conv])
