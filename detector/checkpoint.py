@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,20 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     if removed:
         log.info("removed %d temp file(s) of interrupted checkpoint writes in %s", len(removed), folder)
     return removed
+
+
+def prune_epoch_checkpoints(folder: str | Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest ``epoch_N.pth`` files in ``folder`` (``runtime.keep_last``), newest by the
+    epoch number, not by name: ``epoch_1000.pth`` sorts before ``epoch_975.pth`` as text. Returns what was deleted."""
+    numbered = []
+    for p in Path(folder).glob("epoch_*.pth"):
+        m = re.fullmatch(r"epoch_(\d+)\.pth", p.name)
+        if m:
+            numbered.append((int(m.group(1)), p))
+    old = [p for _, p in sorted(numbered)[:-keep]] if keep > 0 else []
+    for p in old:
+        p.unlink(missing_ok=True)
+    return old
 
 
 def _is_disk_error(e: BaseException) -> bool:

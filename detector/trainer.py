@@ -35,7 +35,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed as du
-from .checkpoint import atomic_save, load_model_weights, make_checkpoint, remove_stale_temp_files, resume, unwrap
+from .checkpoint import (atomic_save, load_model_weights, make_checkpoint, prune_epoch_checkpoints,
+                         remove_stale_temp_files, resume, unwrap)
 from .config import Config, config_to_dict
 from .engine import move_targets, run_inference, scalar_stats
 from .errors import EXIT_OK, EXIT_PREEMPTED, DataError, NonFiniteLossError
@@ -74,6 +75,10 @@ class Hook:
 
     def after_train(self, trainer: "Trainer", status: str) -> None:
         pass
+
+    def seconds_left(self, trainer: "Trainer") -> float:
+        """Time this hook still expects to spend outside the training steps (validation); added to the ETA."""
+        return 0.0
 
 
 def _ignore_stop_signals(worker_id: int, inner=None) -> None:
@@ -400,10 +405,11 @@ class LoggingHook(Hook):
         n = len(self.times)
         it_time, data_time = sum(self.times) / n, sum(self.data_times) / n
         self.times, self.data_times = [], []
-        eta = it_time * (trainer.schedule.total_iters - s.global_iter)
+        eta = it_time * (trainer.schedule.total_iters - s.global_iter) + sum(h.seconds_left(trainer)
+                                                                             for h in trainer.hooks)
         mem = _max_memory_mb(trainer.device)
         row = {**values, "lr": stats["lr"], "imgs_per_s": trainer.total_batch / max(it_time, 1e-9),
-               "time": it_time, "data_time": data_time, "eta_s": eta, "max_mem_mb": mem,
+               "iter_time": it_time, "data_time": data_time, "eta_s": eta, "max_mem_mb": mem,
                "epoch": s.epoch + 1, "iter": s.iter_in_epoch}
         self.writer.write("train", s.global_iter, row)
         shown = "  ".join(f"{short} {values[k]:.4g}" for k, short in self.SHOWN if k in values)
@@ -419,18 +425,43 @@ class LoggingHook(Hook):
         self.writer.close()
 
 
+def evals_left(global_iter: int, iters_per_epoch: int, total_iters: int, every: int) -> int:
+    """Validations still to come once iteration ``global_iter`` has run: the one after each epoch that is a
+    multiple of ``every`` (pending at that epoch's last iteration too) and the one at the end of the schedule,
+    unless that end is such an epoch."""
+    if every <= 0 or global_iter > total_iters:
+        return 0
+    full_epochs = total_iters // iters_per_epoch
+    current = max(-(-global_iter // iters_per_epoch), 1)  # the epoch that iteration global_iter belongs to
+    n = full_epochs // every - (current - 1) // every
+    return n + (total_iters % iters_per_epoch != 0 or full_epochs % every != 0)
+
+
 class EvalHook(Hook):
     """Validation every ``runtime.eval_interval`` epochs and at the end; ``best.pth`` on a new best AP.
 
-    Runs before the checkpoint hook, so ``last.pth`` of an epoch already knows the best AP.
+    Runs before the checkpoint hook, so ``last.pth`` of an epoch already knows the best AP. Times each validation
+    so that the logged ETA includes the ones still to come.
     """
+
+    def before_train(self, trainer: Trainer) -> None:
+        self.seconds: list[float] = []
+
+    def seconds_left(self, trainer: Trainer) -> float:
+        if trainer.val_ds is None or not self.seconds:
+            return 0.0
+        n = evals_left(trainer.state.global_iter, trainer.iters_per_epoch, trainer.schedule.total_iters,
+                       trainer.cfg.runtime.eval_interval)
+        return n * sum(self.seconds) / len(self.seconds)
 
     def after_epoch(self, trainer: Trainer, final: bool) -> None:
         cfg, s = trainer.cfg, trainer.state
         every = cfg.runtime.eval_interval
         if trainer.val_ds is None or every <= 0 or not (final or (s.iter_in_epoch == 0 and s.epoch % every == 0)):
             return
+        t0 = time.perf_counter()
         metrics = trainer.evaluate()  # identical on every rank
+        self.seconds.append(time.perf_counter() - t0)
         trainer.last_metrics = metrics
         epoch = s.epoch + (s.iter_in_epoch > 0)  # a schedule may end inside an epoch
         log.info("epoch %d (iteration %d): AP %.4f AP50 %.4f AP75 %.4f oLRP %.4f", epoch, s.global_iter,
@@ -473,8 +504,6 @@ class CheckpointHook(Hook):
         if lr_drop or s.epoch % rt.checkpoint_interval == 0:
             trainer.write_checkpoint(f"epoch_{s.epoch:03d}.pth", lean=True)
             if rt.keep_last > 0 and trainer.is_main:
-                old = sorted(trainer.out_dir.glob("epoch_[0-9][0-9][0-9]*.pth"))[:-rt.keep_last]
-                for p in old:
-                    p.unlink(missing_ok=True)
+                old = prune_epoch_checkpoints(trainer.out_dir, rt.keep_last)
                 if old:
                     log.info("runtime.keep_last=%d: removed %s", rt.keep_last, ", ".join(p.name for p in old))

@@ -161,6 +161,21 @@ def test_checkpoints_get_the_umask_permissions_and_stale_temp_files_go(tmp_path)
     assert keep.exists() and (tmp_path / "last.pth").exists()
 
 
+def test_keep_last_prunes_by_epoch_number_across_the_width_change(tmp_path):
+    """epoch_1000.pth is newer than epoch_975.pth although it sorts first as text (a 1000-epoch own-data run lost its
+    final epoch file this way)."""
+    for e in (25, 950, 975, 1000):
+        (tmp_path / f"epoch_{e:03d}.pth").write_bytes(b"x")
+    for name in ("last.pth", "best.pth", "epoch_notes.pth"):
+        (tmp_path / name).write_bytes(b"x")
+    removed = ck.prune_epoch_checkpoints(tmp_path, 2)
+    assert sorted(p.name for p in removed) == ["epoch_025.pth", "epoch_950.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.pth", "epoch_1000.pth", "epoch_975.pth", "epoch_notes.pth", "last.pth"]
+    assert ck.prune_epoch_checkpoints(tmp_path, 0) == []  # 0 keeps every epoch file
+    assert len(list(tmp_path.glob("epoch_*.pth"))) == 3
+
+
 def test_resume_refuses_another_total_batch_and_accepts_the_same_one():
     cfg = Config()
     ckpt = _training_ckpt(cfg)  # 1 process x 8 images

@@ -2,6 +2,7 @@
 checkpoints bounded by keep_last, and log output that suits files (no progress-bar frames)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from detector.checkpoint import safe_load
 from detector.config import load_config
 from detector.errors import EXIT_CONFIG, CheckpointError, ConfigError
 from detector.runs import split_resume
+from detector.trainer import evals_left
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -100,6 +102,32 @@ def test_keep_last_bounds_lean_epoch_checkpoints_and_best_loads(tmp_path, data_r
                          str(out / "best.pth"), "--split", "minival", "--output-dir", str(tmp_path / "ev")],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-2000:]
+
+
+def test_evals_left_counts_the_validations_still_to_come():
+    # 3 iterations per epoch, validation every 2 epochs; counted by hand from the schedule
+    assert [evals_left(g, 3, 15, 2) for g in (0, 1, 6, 7, 15, 16)] == [3, 3, 3, 2, 1, 0]  # epochs 2, 4 + end (5)
+    assert [evals_left(g, 3, 14, 2) for g in (0, 12, 13, 14)] == [3, 2, 1, 1]  # ends inside epoch 5
+    assert [evals_left(g, 3, 12, 2) for g in (0, 6, 7, 12)] == [2, 2, 1, 1]  # the end is epoch 4's validation
+    assert evals_left(0, 3, 15, 0) == 0  # validation off
+
+
+def test_eta_includes_the_validations_still_to_come(tmp_path, data_root):
+    """metrics.jsonl: before the first validation the ETA is iterations left x iteration time; after it, each
+    validation still to come adds the measured validation time (2 epochs of 4 iterations, validation each epoch)."""
+    out = tmp_path / "run"
+    code, _, _ = train.run(args(out, data_root, "solver.max_iters=8", "runtime.eval_interval=1",
+                                "runtime.log_interval=2"))
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = {r["global_iter"]: r for r in rows if r["type"] == "train"}
+    assert sorted(train_rows) == [2, 4, 6, 8]
+    assert 1e9 < train_rows[2]["time"] and 0 < train_rows[2]["iter_time"] < 60  # wall clock vs seconds per iteration
+    for g in (2, 4):  # no validation measured yet
+        assert train_rows[g]["eta_s"] == pytest.approx(train_rows[g]["iter_time"] * (8 - g), rel=1e-9)
+    extra = train_rows[6]["eta_s"] - train_rows[6]["iter_time"] * 2  # the end-of-training validation
+    assert extra > 0.01
+    assert train_rows[8]["eta_s"] == pytest.approx(extra, rel=1e-9)  # no iteration left, that validation still is
 
 
 def test_log_to_a_file_has_no_bar_frames_and_short_lines(tmp_path, data_root):

@@ -40,7 +40,7 @@ def tiny_args(out: Path, data_root: Path, *extra: str) -> list[str]:
 
 def train_rows(out: Path) -> list[dict]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    timing = ("time", "imgs_per_s", "data_time", "eta_s", "max_mem_mb")
+    timing = ("time", "iter_time", "imgs_per_s", "data_time", "eta_s", "max_mem_mb")
     return [{k: v for k, v in r.items() if k not in timing} for r in rows if r["type"] == "train"]
 
 
